@@ -1,0 +1,72 @@
+"""Command line: ``python -m app predict -i IN -o OUT`` (imports stay lazy for a fast start)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("app")
+
+
+def _labels_arg(text: str) -> tuple[int, ...] | None:
+    """'organs' (1-13), 'all', 'none' or a comma list such as '1,2,3'."""
+    if text == "all":
+        return None
+    if text == "none":
+        return ()
+    if text == "organs":
+        return tuple(range(1, 14))
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected organs, all, none or a list like 1,2,3; got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description="Abdominal CT organ segmentation (FLARE labels).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("predict", help="segment every NIfTI scan in a folder")
+    p.add_argument("-i", "--input", required=True, type=Path, help="folder of CT scans (*_0000.nii.gz or *.nii.gz)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="folder for the uint8 masks")
+    p.add_argument("--weights", type=Path, default=None, help="folder holding coarse/ and fine/ (default: the shipped weights/)")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--fp32", action="store_true", help="run FP32 on CUDA too (FP16 is the default there)")
+    p.add_argument("--timings", type=Path, default=None, help="append per-case stage timings here as JSON lines")
+    p.add_argument("--margin-mm", type=float, default=20.0, help="safety margin around the coarse ROI (default 20 mm)")
+    p.add_argument("--upsample", choices=("logits", "labels"), default="logits", help="how fine predictions return to the scan grid")
+    p.add_argument("--keep-largest", type=_labels_arg, default=tuple(range(1, 14)), metavar="LABELS",
+                   help="labels reduced to their largest connected component: organs (default, 1-13), all, none, or 1,2,3")
+    p.add_argument("--no-roi", action="store_true", help="skip the coarse model; run the fine model over the whole scan")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    if args.command == "predict":
+        return _predict(args)
+    return 2
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .pipeline import DEFAULT_WEIGHTS, Options, SetupError, predict_folder
+
+    options = Options(
+        weights=args.weights or DEFAULT_WEIGHTS,
+        device=args.device,
+        half=not args.fp32,
+        margin_mm=args.margin_mm,
+        upsample=args.upsample,
+        keep_largest=args.keep_largest,
+        use_roi=not args.no_roi,
+        timings=args.timings,
+    )
+    try:
+        results = predict_folder(args.input, args.output, options)
+    except SetupError as e:
+        log.error("%s", e)
+        return 2
+    return 0 if all(r.ok for r in results) else 1

@@ -1,0 +1,79 @@
+"""Fine stage: the ROI crop at the fine model's resolution -> labels on the crop's own grid.
+
+Upsampling back to the crop grid is either ``logits`` (trilinear on the logits, one channel at
+a time, then argmax) or ``labels`` (argmax on the fine grid, then nearest). See README
+"Upsampling choice" for the measurement behind the default.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+
+from .coarse import model_grid
+from .model import Model
+from .resample import argmax_resized, resize_image, resize_labels
+from .unet import UNetConfig
+
+log = logging.getLogger("app")
+
+UPSAMPLE_MODES = ("logits", "labels")
+
+
+def segment_crop(
+    model: Model,
+    crop: torch.Tensor,
+    spacing: tuple[float, float, float],
+    upsample: str = "logits",
+    patch: tuple[int, int, int] | None = None,
+    accumulate_on: torch.device | None = None,
+) -> torch.Tensor:
+    """FLARE labels (uint8) of a raw-HU ``[Z, Y, X]`` crop, on the crop's grid and device."""
+    shape = tuple(crop.shape)
+    x = resize_image(model.normalize(crop), model_grid(model, shape, spacing))
+    logits = model.logits(x, patch=patch, accumulate_on=accumulate_on)
+    del x
+    logits = logits.to(model.device)
+    if upsample == "labels":
+        labels = resize_labels(logits.argmax(0).to(torch.uint8), shape)  # type: ignore[arg-type]
+    elif upsample == "logits":
+        labels = argmax_resized(logits, shape)  # type: ignore[arg-type]
+    else:
+        raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
+    del logits
+    return model.lut[labels.long()] if _needs_lut(model) else labels
+
+
+def _needs_lut(model: Model) -> bool:
+    return not torch.equal(model.lut.cpu(), torch.arange(len(model.lut), dtype=torch.uint8))
+
+
+def smaller_patch(model: Model) -> tuple[int, int, int]:
+    """Half the patch along each axis, kept a multiple of the network's total stride."""
+    div = UNetConfig.from_dict(model.spec.architecture).divisor
+    return tuple(max(d, (p // 2) // d * d) for p, d in zip(model.spec.patch_size, div))  # type: ignore[return-value]
+
+
+def segment_crop_with_fallback(model: Model, crop: torch.Tensor, spacing: tuple[float, float, float], upsample: str, case: str) -> torch.Tensor:
+    """``segment_crop`` that survives CUDA out-of-memory: smaller tiles with sums on the CPU,
+    then the whole stage on the CPU; each retry is logged."""
+    try:
+        return segment_crop(model, crop, spacing, upsample)
+    except torch.OutOfMemoryError:
+        _release(model)
+        patch = smaller_patch(model)
+        log.warning("%s: out of memory in the fine stage; retrying with smaller tiles %s and sums on the CPU", case, list(patch))
+    try:
+        return segment_crop(model, crop, spacing, upsample, patch=patch, accumulate_on=torch.device("cpu"))
+    except torch.OutOfMemoryError:
+        _release(model)
+        log.warning("%s: still out of memory; running the fine stage on the CPU", case)
+    cpu_model = Model(model.spec, copy.deepcopy(model.net).cpu().float(), torch.device("cpu"), torch.float32, model.lut.cpu())
+    return segment_crop(cpu_model, crop.cpu(), spacing, upsample).to(model.device)
+
+
+def _release(model: Model) -> None:
+    if model.device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -1,0 +1,64 @@
+"""Voxel-box arithmetic for the ROI stage: pure functions on shapes, spacings and masks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Box:
+    """Half-open voxel box ``[start, stop)`` per axis."""
+
+    start: tuple[int, ...]
+    stop: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(b - a for a, b in zip(self.start, self.stop))
+
+    @property
+    def slices(self) -> tuple[slice, ...]:
+        return tuple(slice(a, b) for a, b in zip(self.start, self.stop))
+
+    @classmethod
+    def full(cls, shape: tuple[int, ...]) -> Box:
+        return cls(start=(0,) * len(shape), stop=tuple(shape))
+
+
+def bounding_box(mask: np.ndarray) -> Box | None:
+    """Tight box around the non-zero voxels, or None for an empty mask."""
+    if not mask.any():
+        return None
+    start, stop = [], []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        start.append(int(idx[0]))
+        stop.append(int(idx[-1]) + 1)
+    return Box(tuple(start), tuple(stop))
+
+
+def map_box(box: Box, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> Box:
+    """Box on a resampled grid of the same extent -> the covering box on another grid.
+
+    Both grids span the same physical extent (voxel edges aligned), so the box edges scale
+    linearly; start is floored and stop ceiled so the mapped box never shrinks.
+    """
+    start = tuple(int(np.floor(a * d / s)) for a, s, d in zip(box.start, src_shape, dst_shape))
+    stop = tuple(int(np.ceil(b * d / s)) for b, s, d in zip(box.stop, src_shape, dst_shape))
+    return Box(start, stop)
+
+
+def expand_box_mm(box: Box, spacing: tuple[float, ...], margin_mm: float, shape: tuple[int, ...]) -> Box:
+    """Grow a box by a margin in millimetres on every side, clipped to the scan."""
+    pad = [int(np.ceil(margin_mm / s)) for s in spacing]
+    start = tuple(max(0, a - p) for a, p in zip(box.start, pad))
+    stop = tuple(min(n, b + p) for b, p, n in zip(box.stop, pad, shape))
+    return Box(start, stop)
+
+
+def resampled_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target: tuple[float, ...]) -> tuple[int, ...]:
+    """Grid size that covers the same extent at the target spacing (at least one voxel)."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))

@@ -1,0 +1,207 @@
+"""The orchestrator: read -> coarse -> ROI -> fine -> cleanup -> write, per case in a folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .geometry import Box
+from .nifti import Scan, ScanError, check_writable, find_scans, output_path, read_scan, write_mask
+from .weights import ModelSpec, WeightsError, read_spec
+
+log = logging.getLogger("app")
+
+STAGES = ("read", "coarse", "roi", "fine", "cleanup", "write")
+ORGANS = tuple(range(1, 14))
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+
+
+class SetupError(Exception):
+    """A problem that stops the whole run before any case (no inputs, bad weights, unwritable output)."""
+
+
+@dataclass
+class Options:
+    weights: Path = DEFAULT_WEIGHTS
+    device: str = "auto"
+    half: bool = True
+    margin_mm: float = 20.0
+    upsample: str = "logits"
+    keep_largest: tuple[int, ...] | None = ORGANS  # None: every label
+    use_roi: bool = True
+    timings: Path | None = None
+
+
+@dataclass
+class CaseResult:
+    name: str
+    ok: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    info: dict[str, object] = field(default_factory=dict)
+
+
+class Stopwatch:
+    """Per-stage wall times; waits for the GPU before each reading so times are real."""
+
+    def __init__(self, sync: bool) -> None:
+        self.sync = sync
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        if self.sync:
+            import torch
+
+            torch.cuda.synchronize()
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _timed_read(path: Path) -> tuple[Scan, float]:
+    t0 = time.perf_counter()
+    scan = read_scan(path)
+    return scan, time.perf_counter() - t0
+
+
+def load_specs(options: Options) -> tuple[ModelSpec | None, ModelSpec]:
+    """Check the weights folder before any heavy import, so mistakes surface in a second."""
+    fine = read_spec(options.weights / "fine", "fine")
+    coarse = read_spec(options.weights / "coarse", "coarse") if options.use_roi else None
+    return coarse, fine
+
+
+def predict_folder(in_dir: Path, out_dir: Path, options: Options) -> list[CaseResult]:
+    """Segment every scan in ``in_dir`` into ``out_dir``; one bad scan never stops the others."""
+    if not in_dir.is_dir():
+        raise SetupError(f"input folder {in_dir} does not exist")
+    scans, others = find_scans(in_dir)
+    if others:
+        log.warning("skipping %d file(s) that are not NIfTI: %s", len(others), ", ".join(p.name for p in others))
+    if not scans:
+        raise SetupError(f"no NIfTI scans (*.nii.gz, *.nii) in {in_dir}")
+    try:
+        check_writable(out_dir)
+        coarse_spec, fine_spec = load_specs(options)
+    except (ScanError, WeightsError) as e:
+        raise SetupError(str(e)) from None
+
+    results: list[CaseResult] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader") as reader:
+        pending: Future = reader.submit(_timed_read, scans[0])  # overlaps reading with model loading
+        engine = Engine(coarse_spec, fine_spec, options)
+        for i, path in enumerate(scans):
+            current = pending
+            if i + 1 < len(scans):
+                pending = reader.submit(_timed_read, scans[i + 1])
+            results.append(engine.run_case(path, current, out_dir))
+    _log_summary(results)
+    return results
+
+
+def _log_summary(results: list[CaseResult]) -> None:
+    failed = [r for r in results if not r.ok]
+    log.info("%d of %d case(s) segmented", len(results) - len(failed), len(results))
+    for r in failed:
+        log.error("FAILED %s: %s", r.name, r.error)
+
+
+class Engine:
+    """Models loaded once, applied case by case."""
+
+    def __init__(self, coarse_spec: ModelSpec | None, fine_spec: ModelSpec, options: Options) -> None:
+        import torch
+
+        from .model import load_model
+
+        self.options = options
+        self.device = _pick_device(options.device)
+        try:
+            self.coarse = load_model(coarse_spec, self.device, options.half) if coarse_spec else None
+            self.fine = load_model(fine_spec, self.device, options.half)
+        except WeightsError as e:
+            raise SetupError(str(e)) from None
+        self.torch = torch
+        log.info("models on %s (%s)", self.device, "fp16" if self.fine.dtype == torch.float16 else "fp32")
+
+    def run_case(self, path: Path, scan_future: Future, out_dir: Path) -> CaseResult:
+        name = path.name
+        try:
+            scan, read_s = scan_future.result()
+        except ScanError as e:
+            return self._fail(name, str(e))
+        except Exception as e:  # noqa: BLE001 - any reader failure is this case's failure only
+            return self._fail(name, f"cannot be read ({type(e).__name__}: {e})")
+        for w in scan.warnings:
+            log.warning("%s: %s", name, w)
+        try:
+            result = self._segment(scan, out_dir)
+        except Exception as e:  # noqa: BLE001 - one bad scan never stops the others
+            log.debug("traceback for %s", name, exc_info=True)
+            return self._fail(name, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        result.timings = {"read": read_s, **result.timings}
+        result.timings["total"] = sum(result.timings[s] for s in STAGES)
+        log.info("%s: %s", name, ", ".join(f"{s} {result.timings[s]:.2f} s" for s in (*STAGES, "total")))
+        if self.options.timings:
+            with open(self.options.timings, "a") as f:
+                f.write(json.dumps({"case": name, **{k: round(v, 4) for k, v in result.timings.items()}, **result.info}) + "\n")
+        return result
+
+    def _fail(self, name: str, reason: str) -> CaseResult:
+        log.error("%s: %s", name, reason)
+        return CaseResult(name, ok=False, error=reason)
+
+    def _segment(self, scan: Scan, out_dir: Path) -> CaseResult:
+        from .cleanup import keep_largest_components
+        from .coarse import coarse_labels, roi_box
+        from .fine import segment_crop_with_fallback
+
+        torch, opts, name = self.torch, self.options, scan.path.name
+        watch = Stopwatch(sync=self.device.type == "cuda")
+        shape = scan.array.shape
+        with watch.stage("coarse"):
+            image = torch.from_numpy(scan.array).to(self.device)
+            box: Box | None = None
+            if self.coarse is not None:
+                box = roi_box(coarse_labels(self.coarse, image, scan.spacing), shape, scan.spacing, opts.margin_mm)
+                if box is None:
+                    log.warning("%s: the coarse model found no organ; segmenting the whole scan", name)
+        with watch.stage("roi"):
+            box = box or Box.full(shape)
+            crop = image[box.slices]
+        with watch.stage("fine"):
+            labels = segment_crop_with_fallback(self.fine, crop, scan.spacing, opts.upsample, name)
+            del crop, image
+            labels_np = labels.cpu().numpy()
+        with watch.stage("cleanup"):
+            if opts.keep_largest is None or opts.keep_largest:
+                labels_np = keep_largest_components(labels_np, opts.keep_largest)
+            mask = np.zeros(shape, dtype=np.uint8)
+            mask[box.slices] = labels_np
+            mask = scan.orientation.from_canonical(mask)
+        found = sorted(int(v) for v in np.unique(labels_np) if v)
+        if not found:
+            log.warning("%s: the fine model found no organ; writing an empty mask", name)
+        with watch.stage("write"):
+            write_mask(mask, scan.geometry, output_path(out_dir, scan.path))
+        info = {"device": str(self.device), "roi": [list(box.start), list(box.stop)], "roi_fraction": round(float(np.prod(box.shape)) / float(np.prod(shape)), 4), "labels": found}
+        return CaseResult(name, ok=True, timings=watch.times, info=info)
+
+
+def _pick_device(name: str):  # -> torch.device
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SetupError("--device cuda was asked for, but no CUDA GPU is visible to torch")
+    return torch.device(name)

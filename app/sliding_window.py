@@ -1,0 +1,86 @@
+"""Patch-based inference with Gaussian weighting, as nnU-Net and MONAI do it."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_weights(patch: Sequence[int], sigma_scale: float = 1 / 8) -> np.ndarray:
+    """Importance map peaking at the patch centre (nnU-Net's: sigma = patch/8, no zeros)."""
+    grids = np.meshgrid(*[np.arange(p, dtype=np.float64) - (p - 1) / 2 for p in patch], indexing="ij")
+    sq = sum((g / max(p * sigma_scale, 1e-6)) ** 2 for g, p in zip(grids, patch))
+    w = np.exp(-0.5 * sq)
+    w /= w.max()
+    w[w == 0] = w[w > 0].min()
+    return w.astype(np.float32)
+
+
+def tile_starts(size: int, patch: int, step: float) -> list[int]:
+    """Evenly spread tile origins covering ``size`` with overlap ``1 - step`` (nnU-Net's rule)."""
+    if size <= patch:
+        return [0]
+    n = int(np.ceil((size - patch) / (patch * step))) + 1
+    actual = (size - patch) / (n - 1)
+    return [int(round(actual * i)) for i in range(n)]
+
+
+def pad_to(image: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Zero-pad the last three axes up to the patch size (centred); return the crop to undo it."""
+    pads, crop = [], []
+    for n, p in zip(image.shape[-3:], patch):
+        diff = max(0, p - n)
+        lo = diff // 2
+        pads.append((lo, diff - lo))
+        crop.append(slice(lo, lo + n))
+    if any(d for pair in pads for d in pair):
+        flat = [v for pair in reversed(pads) for v in pair]
+        image = F.pad(image, flat, value=0.0)
+    return image, tuple(crop)
+
+
+@torch.inference_mode()
+def sliding_window_logits(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    patch: Sequence[int],
+    num_classes: int,
+    step: float = 0.5,
+    accumulate_on: torch.device | None = None,
+    accumulate_dtype: torch.dtype = torch.float32,
+    mirror_axes: Sequence[int] = (),
+) -> torch.Tensor:
+    """Logits ``[C, Z, Y, X]`` for a normalised ``[Z, Y, X]`` image.
+
+    Tiles run on the image's device; the weighted sums live on ``accumulate_on`` (the same
+    device by default, the CPU as an out-of-memory fallback) in ``accumulate_dtype``.
+    """
+    device = image.device
+    acc_dev = accumulate_on or device
+    padded, crop = pad_to(image, patch)
+    shape = padded.shape
+    weight = torch.from_numpy(gaussian_weights(patch)).to(device=device, dtype=image.dtype)
+    logits = torch.zeros((num_classes, *shape), dtype=accumulate_dtype, device=acc_dev)
+    norm = torch.zeros(tuple(shape), dtype=accumulate_dtype, device=acc_dev)
+    w_acc = weight.to(device=acc_dev, dtype=accumulate_dtype)
+    starts = [tile_starts(n, p, step) for n, p in zip(shape, patch)]
+    for z, y, x in itertools.product(*starts):
+        sl = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+        tile = padded[sl][None, None]
+        pred = model(tile)
+        for axes in _mirror_sets(mirror_axes):
+            pred = pred + torch.flip(model(torch.flip(tile, [a + 2 for a in axes])), [a + 2 for a in axes])
+        pred = pred[0] / (1 + len(_mirror_sets(mirror_axes)))
+        logits[(slice(None), *sl)] += (pred * weight).to(device=acc_dev, dtype=accumulate_dtype)
+        norm[sl] += w_acc
+    logits /= norm
+    return logits[(slice(None), *crop)]
+
+
+def _mirror_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """All non-empty subsets of the mirror axes (nnU-Net's test-time mirroring)."""
+    return [c for r in range(1, len(axes) + 1) for c in itertools.combinations(axes, r)]

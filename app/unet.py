@@ -1,0 +1,173 @@
+"""A plain 3D U-Net (conv-norm-LeakyReLU blocks, strided-conv downsampling, transposed-conv up).
+
+Layer layout and parameter names follow nnU-Net's PlainConvUNet closely enough that an
+nnU-Net v2 checkpoint maps onto it by renaming keys; anisotropic kernels and strides are
+allowed per stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+Triple = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture parameters, stored as ``architecture`` in a weights folder's config.json."""
+
+    features: Sequence[int]
+    strides: Sequence[Triple]
+    kernel_sizes: Sequence[Triple]
+    num_classes: int
+    in_channels: int = 1
+    n_conv_per_stage: Sequence[int] = field(default=())
+    n_conv_per_stage_decoder: Sequence[int] = field(default=())
+
+    def __post_init__(self) -> None:
+        n = len(self.features)
+        if n < 2 or len(self.strides) != n or len(self.kernel_sizes) != n:
+            raise ValueError("features, strides and kernel_sizes need one entry per stage (at least 2 stages)")
+        if not self.n_conv_per_stage:
+            object.__setattr__(self, "n_conv_per_stage", [2] * n)
+        if not self.n_conv_per_stage_decoder:
+            object.__setattr__(self, "n_conv_per_stage_decoder", [2] * (n - 1))
+        if len(self.n_conv_per_stage) != n or len(self.n_conv_per_stage_decoder) != n - 1:
+            raise ValueError("n_conv_per_stage needs one entry per stage, n_conv_per_stage_decoder one fewer")
+
+    @property
+    def divisor(self) -> Triple:
+        """Input sizes must be multiples of this (product of strides) for skip shapes to match."""
+        out = [1, 1, 1]
+        for s in self.strides:
+            out = [a * _triple(s)[i] for i, a in enumerate(out)]
+        return tuple(out)  # type: ignore[return-value]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> UNetConfig:
+        keys = {"features", "strides", "kernel_sizes", "num_classes", "in_channels", "n_conv_per_stage", "n_conv_per_stage_decoder"}
+        unknown = set(d) - keys - {"name"}
+        if unknown:
+            raise ValueError(f"unknown architecture fields: {sorted(unknown)}")
+        missing = {"features", "strides", "kernel_sizes", "num_classes"} - set(d)
+        if missing:
+            raise ValueError(f"architecture is missing {sorted(missing)}")
+        return cls(
+            features=[int(f) for f in d["features"]],
+            strides=[_triple(s) for s in d["strides"]],
+            kernel_sizes=[_triple(k) for k in d["kernel_sizes"]],
+            num_classes=int(d["num_classes"]),
+            in_channels=int(d.get("in_channels", 1)),
+            n_conv_per_stage=[int(n) for n in d.get("n_conv_per_stage", [])],
+            n_conv_per_stage_decoder=[int(n) for n in d.get("n_conv_per_stage_decoder", [])],
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "name": "unet3d",
+            "features": list(self.features),
+            "strides": [list(_triple(s)) for s in self.strides],
+            "kernel_sizes": [list(_triple(k)) for k in self.kernel_sizes],
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "n_conv_per_stage": list(self.n_conv_per_stage),
+            "n_conv_per_stage_decoder": list(self.n_conv_per_stage_decoder),
+        }
+
+
+def _triple(v: int | Sequence[int]) -> Triple:
+    if isinstance(v, int):
+        return (v, v, v)
+    t = tuple(int(x) for x in v)
+    if len(t) != 3:
+        raise ValueError(f"expected 3 values, got {list(v)}")
+    return t  # type: ignore[return-value]
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: Triple, stride: Triple = (1, 1, 1)) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(cin, cout, kernel, stride=stride, padding=tuple(k // 2 for k in kernel))
+        self.norm = nn.InstanceNorm3d(cout, eps=1e-5, affine=True)
+        self.nonlin = nn.LeakyReLU(0.01, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.nonlin(self.norm(self.conv(x)))
+
+
+def _stack(n: int, cin: int, cout: int, kernel: Triple, stride: Triple) -> nn.Sequential:
+    return nn.Sequential(ConvBlock(cin, cout, kernel, stride), *[ConvBlock(cout, cout, kernel) for _ in range(n - 1)])
+
+
+class _Encoder(nn.Module):
+    def __init__(self, cfg: UNetConfig) -> None:
+        super().__init__()
+        stages, cin = [], cfg.in_channels
+        for f, s, k, n in zip(cfg.features, cfg.strides, cfg.kernel_sizes, cfg.n_conv_per_stage):
+            stages.append(_stack(n, cin, f, _triple(k), _triple(s)))
+            cin = f
+        self.stages = nn.ModuleList(stages)
+
+
+class _Decoder(nn.Module):
+    def __init__(self, cfg: UNetConfig) -> None:
+        super().__init__()
+        feats = list(cfg.features)
+        ups, stages = [], []
+        for i, s in enumerate(range(len(feats) - 1, 0, -1)):
+            stride = _triple(cfg.strides[s])
+            ups.append(nn.ConvTranspose3d(feats[s], feats[s - 1], stride, stride=stride))
+            stages.append(_stack(cfg.n_conv_per_stage_decoder[i], 2 * feats[s - 1], feats[s - 1], _triple(cfg.kernel_sizes[s - 1]), (1, 1, 1)))
+        self.transpconvs = nn.ModuleList(ups)
+        self.stages = nn.ModuleList(stages)
+        self.seg = nn.Conv3d(feats[0], cfg.num_classes, 1)
+
+
+class UNet3D(nn.Module):
+    """Input ``[B, C, Z, Y, X]`` with sizes divisible by ``config.divisor`` -> logits ``[B, K, Z, Y, X]``."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = _Encoder(config)
+        self.decoder = _Decoder(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for stage in self.encoder.stages:
+            x = stage(x)
+            skips.append(x)
+        x = skips.pop()
+        for up, stage in zip(self.decoder.transpconvs, self.decoder.stages):
+            x = stage(torch.cat([up(x), skips.pop()], dim=1))
+        return self.decoder.seg(x)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: UNet3D, patch: Sequence[int]) -> int:
+    """Multiply-accumulates of one forward pass over one patch (convolutions only)."""
+    total = 0
+
+    def hook(mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        w = mod.weight
+        if isinstance(mod, nn.ConvTranspose3d):
+            total += _inp[0].numel() * w.shape[1] * w[0, 0].numel()
+        else:
+            total += out.numel() * w[0].numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))]
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, model.config.in_channels, *patch))
+    finally:
+        for h in handles:
+            h.remove()
+    return total

@@ -1,0 +1,169 @@
+"""Weights folders: ``config.json`` (architecture, input geometry, intensities, labels) + safetensors.
+
+A folder is one model (``weights/coarse``, ``weights/fine``); replacing the folder brings your
+own model. Every inconsistency is reported as a one-line ``WeightsError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .labels import flare_id
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+
+
+class WeightsError(Exception):
+    """A weights folder that cannot be used (missing, malformed or inconsistent)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything in config.json, validated. Spacings and sizes are canonical ``[z, y, x]``."""
+
+    folder: Path
+    role: str
+    architecture: dict[str, Any]
+    spacing: tuple[float, float, float] | None
+    size: tuple[int, int, int] | None
+    patch_size: tuple[int, int, int]
+    step: float
+    mirror_axes: tuple[int, ...]
+    clip: tuple[float, float]
+    mean: float
+    std: float
+    labels: dict[int, str]
+    files: tuple[str, ...]
+    raw: dict[str, Any]
+
+    @property
+    def lut(self) -> np.ndarray:
+        """Model output channel -> FLARE label id."""
+        out = np.zeros(max(self.labels) + 1, dtype=np.uint8)
+        for ch, name in self.labels.items():
+            out[ch] = flare_id(name) or 0
+        return out
+
+
+def _fail(path: Path, msg: str) -> WeightsError:
+    return WeightsError(f"{path}: {msg}")
+
+
+def _triple(value: Any, path: Path, key: str, kind: type) -> tuple:
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise _fail(path, f"'{key}' must be a list of 3 numbers [z, y, x], got {value!r}")
+    try:
+        out = tuple(kind(v) for v in value)
+    except (TypeError, ValueError) as e:
+        raise _fail(path, f"'{key}' must hold numbers, got {value!r}") from e
+    if any(v <= 0 for v in out):
+        raise _fail(path, f"'{key}' must be positive, got {value!r}")
+    return out
+
+
+def read_spec(folder: str | Path, role: str | None = None) -> ModelSpec:
+    """Parse and check a weights folder without touching torch (fast, for start-up checks)."""
+    folder = Path(folder)
+    cfg_path = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise WeightsError(f"{folder}: weights folder not found")
+    if not cfg_path.is_file():
+        raise _fail(cfg_path, "missing (every weights folder needs a config.json)")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise _fail(cfg_path, f"not valid JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise _fail(cfg_path, "top level must be a JSON object")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise _fail(cfg_path, f"format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+    for key in ("architecture", "input", "intensity", "labels"):
+        if not isinstance(raw.get(key), dict):
+            raise _fail(cfg_path, f"'{key}' must be an object")
+    arch = raw["architecture"]
+    if arch.get("name", "unet3d") != "unet3d":
+        raise _fail(cfg_path, f"architecture.name {arch.get('name')!r} is not supported (only 'unet3d')")
+    try:
+        from .unet import UNetConfig
+
+        ucfg = UNetConfig.from_dict(arch)
+    except (ValueError, TypeError, KeyError) as e:
+        raise _fail(cfg_path, f"architecture: {e}") from e
+
+    inp = raw["input"]
+    spacing = _triple(inp["spacing"], cfg_path, "input.spacing", float) if inp.get("spacing") is not None else None
+    size = _triple(inp["size"], cfg_path, "input.size", int) if inp.get("size") is not None else None
+    if (spacing is None) == (size is None):
+        raise _fail(cfg_path, "input needs exactly one of 'spacing' (mm) or 'size' (voxels)")
+    patch = _triple(inp.get("patch_size", size), cfg_path, "input.patch_size", int)
+    div = ucfg.divisor
+    if any(p % d for p, d in zip(patch, div)):
+        raise _fail(cfg_path, f"input.patch_size {list(patch)} is not divisible by the network's total stride {list(div)}")
+    step = float(inp.get("step", 0.5))
+    if not 0 < step <= 1:
+        raise _fail(cfg_path, f"input.step must be in (0, 1], got {step}")
+    mirror = tuple(int(a) for a in inp.get("mirror_axes", []))
+    if any(a not in (0, 1, 2) for a in mirror):
+        raise _fail(cfg_path, f"input.mirror_axes must be axes 0-2, got {list(mirror)}")
+
+    inten = raw["intensity"]
+    try:
+        clip = (float(inten["clip"][0]), float(inten["clip"][1]))
+        mean, std = float(inten["mean"]), float(inten["std"])
+    except (KeyError, TypeError, IndexError, ValueError) as e:
+        raise _fail(cfg_path, "intensity needs 'clip' [low, high], 'mean' and 'std'") from e
+    if clip[0] >= clip[1] or std <= 0:
+        raise _fail(cfg_path, f"intensity clip must rise and std be positive, got clip={list(clip)} std={std}")
+
+    try:
+        labels = {int(k): str(v) for k, v in raw["labels"].items()}
+    except ValueError as e:
+        raise _fail(cfg_path, "labels keys must be output channel numbers") from e
+    if sorted(labels) != list(range(ucfg.num_classes)):
+        raise _fail(cfg_path, f"labels must name channels 0..{ucfg.num_classes - 1} (architecture.num_classes), got {sorted(labels)}")
+    unknown = [n for c, n in labels.items() if c > 0 and flare_id(n) is None]
+    if unknown:
+        raise _fail(cfg_path, f"label names with no FLARE id: {unknown}")
+
+    files = raw.get("files", ["model.safetensors"])
+    if isinstance(files, str):
+        files = [files]
+    missing = [f for f in files if not (folder / f).is_file()]
+    if not files or missing:
+        raise _fail(folder, f"tensor files missing: {missing or files}")
+    file_role = raw.get("role")
+    if role is not None and file_role is not None and file_role != role:
+        raise _fail(cfg_path, f"role is {file_role!r} but this folder is used as the {role} model")
+
+    return ModelSpec(
+        folder=folder,
+        role=str(file_role or role or ""),
+        architecture=arch,
+        spacing=spacing,
+        size=size,
+        patch_size=patch,
+        step=step,
+        mirror_axes=mirror,
+        clip=clip,
+        mean=mean,
+        std=std,
+        labels=labels,
+        files=tuple(files),
+        raw=raw,
+    )
+
+
+def write_config(folder: str | Path, config: dict[str, Any]) -> Path:
+    """Write a config.json (used by training, the nnU-Net importer and tests)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CONFIG_NAME
+    path.write_text(json.dumps({"format_version": FORMAT_VERSION, **config}, indent=1) + "\n")
+    return path

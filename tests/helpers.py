@@ -1,0 +1,50 @@
+"""Test fixtures built by the tests themselves: tiny models and scans with known geometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from app.labels import FLARE_LABELS
+from app.model import save_model
+from app.unet import UNet3D, UNetConfig
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
+if not (SHARED / "images").is_dir():  # pragma: no cover - the data must be there
+    raise RuntimeError(f"the real CT test data is missing: expected {SHARED} (../shared beside the repo)")
+REAL_CASES = sorted(p for p in (SHARED / "images").glob("*_0000.nii.gz"))
+
+
+def tiny_unet(num_classes: int = 15, seed: int = 0, fg_bias: float = 0.0) -> UNet3D:
+    """A 3-stage U-Net with random weights; ``fg_bias`` tilts it towards foreground labels."""
+    torch.manual_seed(seed)
+    cfg = UNetConfig(features=[4, 8, 16], strides=[(1, 1, 1), (1, 2, 2), (2, 2, 2)], kernel_sizes=[(1, 3, 3), (3, 3, 3), (3, 3, 3)], num_classes=num_classes)
+    net = UNet3D(cfg).eval()
+    with torch.no_grad():
+        net.decoder.seg.bias[1:] += fg_bias
+    return net
+
+
+def make_weights(root: Path, seed: int = 0, coarse_size: tuple[int, int, int] = (16, 32, 32), fine_spacing=(4.0, 3.0, 3.0), fine_patch=(16, 64, 64)) -> Path:
+    """A weights folder (coarse/ + fine/) with tiny random networks, all 14 FLARE labels."""
+    labels = {"0": "background", **{str(i): n for i, n in FLARE_LABELS.items()}}
+    intensity = {"clip": [-1000.0, 1000.0], "mean": 0.0, "std": 300.0}
+    save_model(root / "coarse", tiny_unet(seed=seed, fg_bias=0.5), {"role": "coarse", "input": {"size": list(coarse_size)}, "intensity": intensity, "labels": labels})
+    save_model(root / "fine", tiny_unet(seed=seed + 1, fg_bias=0.5), {"role": "fine", "input": {"spacing": list(fine_spacing), "patch_size": list(fine_patch), "step": 0.5}, "intensity": intensity, "labels": labels})
+    return root
+
+
+def write_image(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None) -> Path:
+    """Write a numpy ``[z, y, x]`` (or any-D) array as an image with the given header."""
+    img = sitk.GetImageFromArray(array)
+    if img.GetDimension() == 3:
+        img.SetSpacing(spacing)
+        img.SetOrigin(origin)
+        if direction is not None:
+            img.SetDirection(direction)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path))
+    return path

@@ -1,0 +1,37 @@
+import numpy as np
+
+from app.coarse import roi_box
+from app.geometry import Box, bounding_box, expand_box_mm, map_box, resampled_shape
+
+
+def test_bounding_box():
+    m = np.zeros((5, 6, 7), bool)
+    assert bounding_box(m) is None
+    m[1:3, 2, 4:6] = True
+    assert bounding_box(m) == Box((1, 2, 4), (3, 3, 6))
+
+
+def test_map_box_covers_the_same_extent():
+    # coarse voxel 2..4 of 10 along an axis is voxels 20..40 of 100
+    assert map_box(Box((2, 0, 5), (4, 10, 10)), (10, 10, 10), (100, 50, 33)) == Box((20, 0, 16), (40, 50, 33))
+
+
+def test_expand_box_in_millimetres_is_clipped():
+    box = expand_box_mm(Box((10, 10, 10), (20, 20, 20)), spacing=(5.0, 1.0, 0.7), margin_mm=20, shape=(25, 100, 200))
+    assert box == Box((6, 0, 0), (24, 40, 49))
+    box = expand_box_mm(Box((10, 40, 10), (20, 60, 20)), spacing=(5.0, 1.0, 0.7), margin_mm=20, shape=(22, 70, 30))
+    assert box == Box((6, 20, 0), (22, 70, 30))
+
+
+def test_resampled_shape():
+    assert resampled_shape((100, 512, 512), (2.5, 0.8, 0.8), (5.0, 1.6, 1.6)) == (50, 256, 256)
+    assert resampled_shape((1, 4, 4), (1.0, 1.0, 1.0), (10.0, 10.0, 10.0)) == (1, 1, 1)
+
+
+def test_roi_box_ignores_stray_voxels_and_adds_margin():
+    coarse = np.zeros((10, 20, 20), np.uint8)
+    coarse[4:6, 5:10, 5:10] = 1
+    coarse[0, 19, 19] = 1  # a stray voxel of the same organ far away
+    box = roi_box(coarse, full_shape=(100, 200, 200), spacing=(1.0, 1.0, 1.0), margin_mm=3)
+    assert box == Box((37, 47, 47), (63, 103, 103))
+    assert roi_box(np.zeros((4, 4, 4), np.uint8), (8, 8, 8), (1.0, 1.0, 1.0), 20) is None

@@ -1,0 +1,44 @@
+import itertools
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from app.orientation import orientation_from_direction
+
+
+def _direction(perm, signs):
+    d = np.zeros((3, 3))
+    for col, (row, s) in enumerate(zip(perm, signs)):
+        d[row, col] = s
+    return d
+
+
+@pytest.mark.parametrize("perm", list(itertools.permutations(range(3))))
+@pytest.mark.parametrize("signs", list(itertools.product((1, -1), repeat=3)))
+def test_round_trip_and_canonical_direction(perm, signs):
+    d = _direction(perm, signs)
+    o = orientation_from_direction(d)
+    a = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    c = o.to_canonical(a)
+    assert np.array_equal(o.from_canonical(c), a)
+    # The canonical array is the same one SimpleITK's own reorientation to LPS gives.
+    img = sitk.GetImageFromArray(a.astype(np.int16))
+    img.SetDirection(d.ravel().tolist())
+    lps = sitk.GetArrayFromImage(sitk.DICOMOrient(img, "LPS"))
+    assert np.array_equal(c, lps)
+
+
+def test_oblique_direction_picks_closest_axes():
+    angle = np.deg2rad(20)
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    d = _direction((1, 0, 2), (1, -1, 1))
+    assert orientation_from_direction(rot @ d) == orientation_from_direction(d)
+    assert orientation_from_direction(d).perm == (0, 2, 1)
+    assert orientation_from_direction(d).flips == (2,)  # index y runs to the right: flipped
+
+
+def test_spacing_follows_permutation():
+    o = orientation_from_direction(_direction((2, 0, 1), (1, 1, 1)))
+    # numpy spacing is (z, y, x) of the stored array
+    assert o.spacing_to_canonical((3.0, 2.0, 1.0)) == tuple(np.array((3.0, 2.0, 1.0))[list(o.perm)])

@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from app.sliding_window import gaussian_weights, sliding_window_logits, tile_starts
+from app.unet import UNet3D, UNetConfig, count_macs, count_parameters
+
+
+def _cfg(**kw):
+    base = dict(features=[4, 8, 16], strides=[(1, 1, 1), (1, 2, 2), (2, 2, 2)], kernel_sizes=[(1, 3, 3), (3, 3, 3), (3, 3, 3)], num_classes=3)
+    return UNetConfig(**{**base, **kw})
+
+
+def test_unet_shapes_and_counts():
+    net = UNet3D(_cfg()).eval()
+    assert net.config.divisor == (2, 4, 4)
+    out = net(torch.zeros(2, 1, 4, 8, 12))
+    assert out.shape == (2, 3, 4, 8, 12)
+    assert count_parameters(net) > 0
+    assert count_macs(net, (4, 8, 8)) > 0
+    assert UNetConfig.from_dict(net.config.to_dict()) == net.config
+
+
+def test_bad_architecture_is_a_clear_error():
+    with pytest.raises(ValueError, match="one entry per stage"):
+        _cfg(strides=[(1, 1, 1)])
+    with pytest.raises(ValueError, match="unknown architecture fields"):
+        UNetConfig.from_dict({**_cfg().to_dict(), "dropout": 0.1})
+
+
+def test_tile_starts_cover_the_axis():
+    assert tile_starts(10, 16, 0.5) == [0]
+    starts = tile_starts(100, 32, 0.5)
+    assert starts[0] == 0 and starts[-1] == 68
+    assert all(b - a <= 16 for a, b in zip(starts, starts[1:]))
+
+
+def test_gaussian_has_its_peak_in_the_centre_and_no_zeros():
+    w = gaussian_weights((8, 16, 16))
+    assert w.max() == 1.0 and w.min() > 0
+    assert w[3:5, 7:9, 7:9].min() == w.max()
+
+
+class _Affine(torch.nn.Module):
+    """A position-independent 'network': the sliding window must reproduce it exactly."""
+
+    def forward(self, x):
+        return torch.cat([x, 2 * x + 1], dim=1)
+
+
+@pytest.mark.parametrize("shape", [(20, 37, 41), (3, 10, 9)])
+def test_sliding_window_reproduces_a_pointwise_model(shape):
+    img = torch.randn(shape)
+    out = sliding_window_logits(_Affine(), img, (8, 16, 16), num_classes=2, step=0.5, mirror_axes=(0, 2))
+    assert out.shape == (2, *shape)
+    assert torch.allclose(out[0], img, atol=1e-5)
+    assert torch.allclose(out[1], 2 * img + 1, atol=1e-5)
+
+
+def test_sliding_window_accumulates_on_another_device():
+    img = torch.randn(9, 20, 20)
+    out = sliding_window_logits(_Affine(), img, (8, 16, 16), num_classes=2, accumulate_on=torch.device("cpu"), accumulate_dtype=torch.float64)
+    assert out.dtype == torch.float64
