@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
+import struct
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,9 +76,87 @@ def _one_line(err: Exception) -> str:
     return re.sub(r"^.*?[Dd]escription:\s*", "", text)[:300]
 
 
+@dataclass(frozen=True)
+class RawHeader:
+    """The few NIfTI-1/2 header fields needed to check a file before trusting ITK's reading."""
+
+    endian: str
+    dims: tuple[int, ...]
+    datatype: int
+    bitpix: int
+    vox_offset: int
+
+    @property
+    def data_bytes(self) -> int:
+        return int(np.prod(self.dims, dtype=np.int64)) * self.bitpix // 8
+
+
+_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def read_raw_header(path: Path) -> RawHeader | None:
+    """Parse the NIfTI header directly; None if this is not a NIfTI-1/2 file."""
+    try:
+        with _open(path) as f:
+            head = f.read(544)
+    except (OSError, EOFError, zlib.error):
+        return None
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            dim = struct.unpack(endian + "8h", head[40:56])
+            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
+            vox = int(struct.unpack(endian + "f", head[108:112])[0])
+            break
+        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
+            datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
+            dim = struct.unpack(endian + "8q", head[16:80])
+            vox = struct.unpack(endian + "q", head[168:176])[0]
+            break
+    else:
+        return None
+    n = max(1, min(int(dim[0]), 7))
+    return RawHeader(endian, tuple(int(d) for d in dim[1 : n + 1]), int(datatype), int(bitpix), max(vox, 348))
+
+
+def check_complete(path: Path, header: RawHeader) -> None:
+    """Catch truncated files, which ITK reads without complaint (the missing part comes out as zeros).
+
+    For .nii.gz the gzip trailer stores the uncompressed size (mod 2**32): cheap, no decompression.
+    """
+    expected = header.vox_offset + header.data_bytes
+    if path.name.lower().endswith(".gz"):
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            isize = struct.unpack("<I", f.read(4))[0]
+        if isize != expected % 2**32:
+            raise ScanError(f"is truncated or corrupt (its gzip stream does not end with the {expected} bytes the header describes)")
+    elif path.stat().st_size < expected:
+        raise ScanError(f"is truncated ({path.stat().st_size} bytes, the header needs {expected})")
+
+
+def _nonfinite(path: Path, header: RawHeader, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Where a float file holds NaN/inf (ITK turns them into 0, which is water, not air)."""
+    code = _FLOAT_TYPES.get(header.datatype)
+    if code is None:
+        return None
+    with _open(path) as f:
+        f.seek(header.vox_offset)
+        data = np.frombuffer(f.read(header.data_bytes), dtype=header.endian + code)
+    bad = ~np.isfinite(data)
+    return bad.reshape(shape) if bad.any() and bad.size == int(np.prod(shape)) else None
+
+
 def read_scan(path: Path) -> Scan:
     """Read a CT scan, check it, and bring it to the canonical layout."""
     import SimpleITK as sitk
+
+    header = read_raw_header(path)
+    if header is not None:
+        check_complete(path, header)
 
     try:
         reader = sitk.ImageFileReader()
@@ -105,6 +186,9 @@ def read_scan(path: Path) -> Scan:
     else:
         array = array.astype(np.float32, copy=True)
     del image
+    nonfinite = _nonfinite(path, header, array.shape) if header is not None else None
+    if nonfinite is not None:
+        array[nonfinite] = np.nan
 
     warnings = _check_values(array, geometry)
     orientation = orientation_from_direction(np.array(geometry.direction))

@@ -193,7 +193,7 @@ class Engine:
             log.warning("%s: the fine model found no organ; writing an empty mask", name)
         with watch.stage("write"):
             write_mask(mask, scan.geometry, output_path(out_dir, scan.path))
-        info = {"device": str(self.device), "roi": [list(box.start), list(box.stop)], "roi_fraction": round(float(np.prod(box.shape)) / float(np.prod(shape)), 4), "labels": found}
+        info = {"device": str(self.device), "roi_box": [list(box.start), list(box.stop)], "roi_fraction": round(float(np.prod(box.shape)) / float(np.prod(shape)), 4), "labels": found}
         return CaseResult(name, ok=True, timings=watch.times, info=info)
 
 

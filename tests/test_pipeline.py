@@ -1,0 +1,268 @@
+"""End to end on the real scans in ../shared/data/ct and on broken inputs, on the CPU."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cc3d
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import app.fine
+import app.nifti
+import app.pipeline
+from app.geometry import Box
+from app.pipeline import STAGES, Options, SetupError, predict_folder
+from tests.helpers import REAL_CASES, make_weights, write_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return make_weights(tmp_path_factory.mktemp("weights"))
+
+
+def _opts(weights, **kw):
+    return Options(weights=weights, device="cpu", **kw)
+
+
+def _run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "app", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def real_run(weights, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    timings = out / "timings.jsonl"
+    proc = _run_cli("predict", "-i", REAL_CASES[0].parent, "-o", out, "--weights", weights, "--device", "cpu", "--timings", timings)
+    return proc, out, timings
+
+
+def test_real_scans_keep_their_geometry_exactly(real_run):
+    proc, out, _ = real_run
+    assert proc.returncode == 0, proc.stderr
+    assert len(REAL_CASES) == 3
+    for scan in REAL_CASES:
+        mask_path = out / scan.name.replace("_0000.nii.gz", ".nii.gz")
+        img, mask = sitk.ReadImage(str(scan)), sitk.ReadImage(str(mask_path))
+        assert mask.GetPixelID() == sitk.sitkUInt8
+        assert mask.GetSize() == img.GetSize()
+        assert mask.GetSpacing() == img.GetSpacing()
+        assert mask.GetOrigin() == img.GetOrigin()
+        assert mask.GetDirection() == img.GetDirection()
+        arr = sitk.GetArrayViewFromImage(mask)
+        labels = set(np.unique(arr)) - {0}
+        assert labels and labels <= set(range(1, 15)), labels
+        for organ in labels - {14}:  # one component per organ after cleanup
+            assert cc3d.connected_components(arr == organ, connectivity=26, return_N=True)[1] == 1
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_timings_are_logged_and_written(real_run):
+    proc, _, timings = real_run
+    rows = [json.loads(line) for line in timings.read_text().splitlines()]
+    assert [r["case"] for r in rows] == [p.name for p in REAL_CASES]
+    for r in rows:
+        assert all(r[s] >= 0 for s in (*STAGES, "total"))
+        assert abs(r["total"] - sum(r[s] for s in STAGES)) < 1e-3
+        assert r["device"] == "cpu"
+    assert proc.stderr.count("read ") >= 3 and "total" in proc.stderr
+
+
+def _reoriented(img: sitk.Image, code: str) -> sitk.Image:
+    return sitk.DICOMOrient(img, code)
+
+
+def test_orientation_does_not_change_the_anatomy(weights, tmp_path):
+    """The same scan as LPS, RAS, one axis flipped and axes permuted: same labels in space."""
+    src = sitk.ReadImage(str(REAL_CASES[-1]))  # TS_example_sm: small, 12 organs
+    codes = ["LPS", "RAS", "LPI", "SLP", "AIR"]
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for code in codes:
+        variant = _reoriented(src, code)
+        sitk.WriteImage(variant, str(inp / f"case{code}_0000.nii.gz"))
+    out = tmp_path / "out"
+    results = predict_folder(inp, out, _opts(weights))
+    assert all(r.ok for r in results)
+    ref = sitk.ReadImage(str(out / "caseLPS.nii.gz"))
+    ref_arr = sitk.GetArrayFromImage(ref)
+    assert len(np.unique(ref_arr)) > 2
+    for code in codes[1:]:
+        other = sitk.ReadImage(str(out / f"case{code}.nii.gz"))
+        assert other.GetDirection() != ref.GetDirection()
+        same_frame = sitk.Resample(other, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        assert np.array_equal(sitk.GetArrayFromImage(same_frame), ref_arr), code
+
+
+def test_roi_crop_is_pasted_back_in_place(weights, tmp_path, monkeypatch):
+    """With a coarse mask in one corner, only that box (plus margin) is segmented."""
+    arr = np.full((40, 64, 64), -1000, np.int16)
+    arr[5:15, 10:20, 30:50] = 60
+    inp = tmp_path / "in"
+    write_image(inp / "box_0000.nii.gz", arr, spacing=(1.0, 1.0, 2.0))
+    seen = {}
+
+    def fake_coarse(model, image, spacing):
+        coarse = np.zeros((10, 16, 16), np.uint8)
+        coarse[2:4, 4:5, 7:12] = 1
+        return coarse
+
+    real_segment = app.fine.segment_crop_with_fallback
+
+    def spy(model, crop, spacing, upsample, case):
+        seen["shape"] = tuple(crop.shape)
+        return real_segment(model, crop, spacing, upsample, case)
+
+    monkeypatch.setattr("app.coarse.coarse_labels", fake_coarse)
+    monkeypatch.setattr("app.fine.segment_crop_with_fallback", spy)
+    results = predict_folder(inp, tmp_path / "out", _opts(weights, margin_mm=4.0))
+    assert results[0].ok
+    # coarse box z 8..16, y 16..20, x 28..48 on the full grid; the 4 mm margin is 2 slices of
+    # 2 mm along z and 4 voxels of 1 mm in-plane
+    expected = Box((6, 12, 24), (18, 24, 52))
+    assert results[0].info["roi_box"] == [list(expected.start), list(expected.stop)]
+    assert seen["shape"] == expected.shape
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "box.nii.gz")))
+    outside = np.ones(mask.shape, bool)
+    outside[expected.slices] = False
+    assert not mask[outside].any()
+
+
+def test_coarse_finding_nothing_falls_back_to_the_whole_scan(weights, tmp_path, monkeypatch, caplog):
+    write_image(tmp_path / "in" / "a_0000.nii.gz", np.full((12, 40, 40), -1000, np.int16))
+    monkeypatch.setattr("app.coarse.coarse_labels", lambda m, i, s: np.zeros((4, 4, 4), np.uint8))
+    with caplog.at_level(logging.INFO, logger="app"):
+        results = predict_folder(tmp_path / "in", tmp_path / "out", _opts(weights))
+    assert results[0].ok and results[0].info["roi_fraction"] == 1.0
+    assert "coarse model found no organ; segmenting the whole scan" in caplog.text
+
+
+def _bad_inputs(folder: Path) -> dict[str, str]:
+    """Write one file per bad-input kind; return name -> expected outcome ('ok', 'warn:...', 'fail:...')."""
+    folder.mkdir(parents=True)
+    good = np.full((16, 48, 48), -1000, np.int16)
+    good[4:12, 10:38, 10:38] = 40
+    write_image(folder / "good_0000.nii.gz", good, spacing=(0.8, 0.8, 2.5))
+    (folder / "notes.txt").write_text("not a scan")
+    raw = REAL_CASES[-1].read_bytes()
+    (folder / "truncated_0000.nii.gz").write_bytes(raw[: len(raw) // 3])
+    write_image(folder / "flat_0000.nii.gz", np.zeros((40, 40), np.int16))
+    four = sitk.JoinSeries([sitk.GetImageFromArray(good), sitk.GetImageFromArray(good)])
+    sitk.WriteImage(four, str(folder / "fourd_0000.nii.gz"))
+    write_image(folder / "oneslice_0000.nii.gz", good[8:9])
+    write_image(folder / "thick_0000.nii.gz", good[::4], spacing=(0.8, 0.8, 10.0))
+    write_image(folder / "tiny_0000.nii.gz", good[6:10, 20:26, 20:26])
+    nan = good.astype(np.float32)
+    nan[0, :5, :5] = np.nan
+    write_image(folder / "nan_0000.nii.gz", nan)
+    write_image(folder / "unitless_0000.nii.gz", (good.astype(np.float32) + 1000) / 1040)
+    return {
+        "good": "ok",
+        "truncated": "fail:is truncated or corrupt",
+        "flat": "fail:is a 2D image",
+        "fourd": "fail:is a 4D image with 2 volumes",
+        "oneslice": "warn:only 1 voxels along one axis",
+        "thick": "warn:coarse spacing 10 mm",
+        "tiny": "warn:only 4 voxels",
+        "nan": "warn:NaN/infinite voxels set",
+        "unitless": "warn:do not look like Hounsfield units",
+    }
+
+
+def test_bad_inputs_are_reported_and_the_rest_go_on(weights, tmp_path):
+    expected = _bad_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    proc = _run_cli("predict", "-i", tmp_path / "in", "-o", out, "--weights", weights, "--device", "cpu")
+    assert proc.returncode == 1, proc.stderr
+    log = proc.stderr
+    assert "not NIfTI: notes.txt" in log
+    for name, outcome in expected.items():
+        kind, _, text = outcome.partition(":")
+        written = (out / f"{name}.nii.gz").exists()
+        if kind == "fail":
+            assert not written
+            assert f"FAILED {name}_0000.nii.gz: " in log and text in log, name
+        else:
+            assert written, name
+            assert sitk.ReadImage(str(out / f"{name}.nii.gz")).GetSize() == sitk.ReadImage(str(tmp_path / "in" / f"{name}_0000.nii.gz")).GetSize()
+            if kind == "warn":
+                assert any(name in line and text in line for line in log.splitlines()), name
+    failed_lines = [ln for ln in log.splitlines() if "FAILED" in ln]
+    assert len(failed_lines) == 3
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_empty_input_folder_and_unwritable_output(weights, tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = _run_cli("predict", "-i", tmp_path / "empty", "-o", tmp_path / "o", "--weights", weights, "--device", "cpu")
+    assert proc.returncode == 2
+    assert "no NIfTI scans" in proc.stderr and str(tmp_path / "empty") in proc.stderr
+    assert "Traceback" not in proc.stderr
+    write_image(tmp_path / "in" / "a_0000.nii.gz", np.zeros((8, 8, 8), np.int16))
+    (tmp_path / "blocker").write_text("a file where the output folder should go")
+    proc = _run_cli("predict", "-i", tmp_path / "in", "-o", tmp_path / "blocker" / "out", "--weights", weights, "--device", "cpu")
+    assert proc.returncode == 2
+    assert "is not writable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_weights_is_a_clear_error_at_start(tmp_path):
+    write_image(tmp_path / "in" / "a_0000.nii.gz", np.zeros((8, 8, 8), np.int16))
+    with pytest.raises(SetupError, match="weights folder not found"):
+        predict_folder(tmp_path / "in", tmp_path / "out", Options(weights=tmp_path / "nowhere", device="cpu"))
+
+
+def test_a_failed_write_leaves_no_partial_file(weights, tmp_path, monkeypatch):
+    arr = np.full((8, 32, 32), -1000, np.int16)
+    write_image(tmp_path / "in" / "a_0000.nii.gz", arr)
+    write_image(tmp_path / "in" / "b_0000.nii.gz", arr)
+    real_write = sitk.WriteImage
+
+    def flaky(image, path, *a, **kw):
+        if "a.nii.gz" in str(path):
+            Path(path).write_bytes(b"half a file")
+            raise RuntimeError("disk full")
+        return real_write(image, path, *a, **kw)
+
+    monkeypatch.setattr(sitk, "WriteImage", flaky)
+    results = predict_folder(tmp_path / "in", tmp_path / "out", _opts(weights))
+    assert [r.ok for r in results] == [False, True]
+    assert "disk full" in results[0].error
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.nii.gz"]
+
+
+def test_out_of_memory_retries_smaller_tiles_then_cpu(weights, tmp_path, monkeypatch, caplog):
+    write_image(tmp_path / "in" / "a_0000.nii.gz", np.full((8, 32, 32), -1000, np.int16))
+    calls = []
+    real = app.fine.segment_crop
+
+    def oom_twice(model, crop, spacing, upsample="logits", patch=None, accumulate_on=None):
+        calls.append((patch, accumulate_on))
+        if len(calls) <= 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, crop, spacing, upsample, patch, accumulate_on)
+
+    monkeypatch.setattr(app.fine, "segment_crop", oom_twice)
+    with caplog.at_level(logging.WARNING, logger="app"):
+        results = predict_folder(tmp_path / "in", tmp_path / "out", _opts(weights))
+    assert results[0].ok
+    assert calls[1] == ((8, 32, 32), torch.device("cpu"))  # half the (16, 64, 64) patch, a multiple of the stride (2, 4, 4)
+    assert "retrying with smaller tiles" in caplog.text and "running the fine stage on the CPU" in caplog.text
+
+
+def test_no_roi_and_label_upsampling_modes(weights, tmp_path):
+    shutil.copy(REAL_CASES[-1], tmp_path / "x_0000.nii.gz")
+    a = predict_folder(tmp_path, tmp_path / "a", _opts(weights, use_roi=False, upsample="labels", keep_largest=()))
+    assert a[0].ok and a[0].info["roi_fraction"] == 1.0
+    b = predict_folder(tmp_path, tmp_path / "b", _opts(weights, use_roi=False, upsample="logits", keep_largest=()))
+    ma = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a" / "x.nii.gz")))
+    mb = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "b" / "x.nii.gz")))
+    assert ma.shape == mb.shape and (ma == mb).mean() > 0.8

@@ -1,0 +1,79 @@
+import json
+
+import pytest
+import torch
+
+from app.labels import flare_id
+from app.model import load_model
+from app.weights import WeightsError, read_spec
+from tests.helpers import make_weights
+
+
+@pytest.fixture()
+def weights(tmp_path):
+    return make_weights(tmp_path / "w")
+
+
+def _edit(folder, **changes):
+    path = folder / "config.json"
+    cfg = json.loads(path.read_text())
+    for dotted, value in changes.items():
+        node = cfg
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    path.write_text(json.dumps(cfg))
+
+
+def test_round_trip_loads(weights):
+    spec = read_spec(weights / "fine", "fine")
+    model = load_model(spec, torch.device("cpu"))
+    assert model.dtype == torch.float32
+    assert list(spec.lut) == list(range(15))
+
+
+def test_missing_folder_and_config(tmp_path):
+    with pytest.raises(WeightsError, match="weights folder not found"):
+        read_spec(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WeightsError, match="config.json: missing"):
+        read_spec(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"input__patch_size": [15, 64, 64]}, "not divisible"),
+        ({"input__size": [16, 32, 32]}, "exactly one of"),
+        ({"labels__3": "spleen-ish"}, "no FLARE id"),
+        ({"labels__14": None}, "must name channels"),
+        ({"intensity__std": 0}, "std be positive"),
+        ({"architecture__features": [4, 8]}, "one entry per stage"),
+        ({"files": ["missing.safetensors"]}, "tensor files missing"),
+        ({"format_version": 7}, "format_version 7"),
+        ({"role": "coarse"}, "used as the fine model"),
+    ],
+)
+def test_inconsistent_config_is_a_one_line_error(weights, change, message):
+    _edit(weights / "fine", **change)
+    with pytest.raises(WeightsError, match=message) as err:
+        read_spec(weights / "fine", "fine")
+    assert "\n" not in str(err.value) and "config.json" in str(err.value) or "fine" in str(err.value)
+
+
+def test_tensors_that_do_not_fit_the_architecture(weights):
+    _edit(weights / "fine", architecture__features=[4, 8, 32])
+    with pytest.raises(WeightsError, match="do not match config.json's architecture"):
+        load_model(read_spec(weights / "fine"), torch.device("cpu"))
+
+
+def test_label_names_in_other_spellings():
+    assert flare_id("Liver") == 1
+    assert flare_id("kidney_left") == 13
+    assert flare_id("Inferior Vena Cava") == 6
+    assert flare_id("adrenal_gland_right") == 7
+    assert flare_id("brain") is None
