@@ -262,7 +262,7 @@ def test_no_roi_and_label_upsampling_modes(weights, tmp_path):
     shutil.copy(REAL_CASES[-1], tmp_path / "x_0000.nii.gz")
     a = predict_folder(tmp_path, tmp_path / "a", _opts(weights, use_roi=False, upsample="labels", keep_largest=()))
     assert a[0].ok and a[0].info["roi_fraction"] == 1.0
-    b = predict_folder(tmp_path, tmp_path / "b", _opts(weights, use_roi=False, upsample="logits", keep_largest=()))
+    predict_folder(tmp_path, tmp_path / "b", _opts(weights, use_roi=False, upsample="logits", keep_largest=()))
     ma = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a" / "x.nii.gz")))
     mb = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "b" / "x.nii.gz")))
     assert ma.shape == mb.shape and (ma == mb).mean() > 0.8
