@@ -1,0 +1,1 @@
+"""Scoring, efficiency measurement and synthetic phantoms (not part of the container image)."""

@@ -1,0 +1,1 @@
+"""Training recipe for the demonstration weights (synthetic phantoms only)."""

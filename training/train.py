@@ -1,0 +1,193 @@
+"""Train the demonstration coarse and fine networks on synthetic phantoms.
+
+Phantoms are generated at scanner-like resolution and brought to each model's spacing with the
+engine's own resampling (trilinear images, nearest labels), so the networks see what the engine
+feeds them. Seeds are fixed in the config: the same config, package versions and thread count
+reproduce the shipped tensors.
+
+    python -m training.train --config training/config.json --out weights [--role coarse|fine|both] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from app.geometry import bounding_box, expand_box_mm, resampled_shape
+from app.labels import FLARE_LABELS
+from app.model import save_model
+from app.resample import resize_image, resize_labels
+from app.unet import UNet3D, UNetConfig, count_macs, count_parameters
+from evaluation.phantoms import generate
+
+NUM_CLASSES = 15  # background + 13 organs + lesion
+LABEL_NAMES = {"0": "background", **{str(i): n for i, n in FLARE_LABELS.items()}}
+
+
+def normalise(image: torch.Tensor, intensity: dict) -> torch.Tensor:
+    lo, hi = intensity["clip"]
+    return image.float().clamp(lo, hi).sub(intensity["mean"]).div(intensity["std"])
+
+
+def training_volume(seed: list[int], role: str, cfg: dict, intensity: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """One phantom at the model's spacing: the whole scan (coarse) or an ROI-like crop (fine)."""
+    rng = np.random.default_rng(seed)
+    ph_cfg = cfg["phantoms"]
+    fov = str(rng.choice(ph_cfg["fovs"]))
+    spacing = (float(rng.uniform(*ph_cfg["inplane"])), float(rng.uniform(*ph_cfg["thickness"])))
+    ph = generate(seed, fov=fov, spacing=spacing, size=ph_cfg["size"])
+    image, labels = torch.from_numpy(ph.image), torch.from_numpy(ph.labels)
+    if role == "fine":  # crop like the engine's ROI stage: organ box plus a random margin
+        box = bounding_box(ph.labels > 0)
+        if box is not None:
+            box = expand_box_mm(box, ph.spacing, float(rng.uniform(*ph_cfg["roi_margin_mm"])), ph.labels.shape)
+            image, labels = image[box.slices], labels[box.slices]
+    target = resampled_shape(tuple(image.shape), ph.spacing, tuple(cfg["input"]["spacing"]))
+    return resize_image(normalise(image, intensity), target), resize_labels(labels, target)  # type: ignore[arg-type]
+
+
+class PatchSampler:
+    """Random patches from a pool of volumes, a share centred on a random present class."""
+
+    def __init__(self, patch: tuple[int, int, int], fg_fraction: float, rng: np.random.Generator) -> None:
+        self.patch, self.fg, self.rng = patch, fg_fraction, rng
+        self.pool: list[tuple[torch.Tensor, torch.Tensor, dict[int, np.ndarray]]] = []
+
+    def add(self, image: torch.Tensor, labels: torch.Tensor, slot: int | None = None) -> None:
+        lab = labels.numpy()
+        where = {}
+        for c in np.unique(lab):
+            if c:
+                idx = np.argwhere(lab == c)
+                where[int(c)] = idx[self.rng.choice(len(idx), min(len(idx), 500), replace=False)]
+        item = (image, labels, where)
+        if slot is None:
+            self.pool.append(item)
+        else:
+            self.pool[slot] = item
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        image, labels, where = self.pool[self.rng.integers(len(self.pool))]
+        shape = np.array(image.shape)
+        p = np.array(self.patch)
+        if where and self.rng.random() < self.fg:
+            cls = self.rng.choice(sorted(where))
+            centre = where[cls][self.rng.integers(len(where[cls]))]
+            start = centre - p // 2 + self.rng.integers(-p // 4, p // 4 + 1)
+        else:
+            start = np.array([self.rng.integers(min(0, n - q), max(0, n - q) + 1) for n, q in zip(shape, p)])
+        start = np.clip(start, np.minimum(0, shape - p), np.maximum(0, shape - p))
+        out_img = torch.full(tuple(p), float(image.min()), dtype=torch.float32)
+        out_lab = torch.zeros(tuple(p), dtype=torch.long)
+        src = tuple(slice(max(0, s), min(n, s + q)) for s, n, q in zip(start, shape, p))
+        dst = tuple(slice(a.start - s, a.stop - s) for a, s in zip(src, start))
+        out_img[dst] = image[src]
+        out_lab[dst] = labels[src].long()
+        return out_img, out_lab
+
+
+def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Intensity jitter only: no flips, left and right organs have different labels."""
+    x = x * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-0.15, 0.15))
+    if rng.random() < 0.3:
+        x = x + torch.randn_like(x) * float(rng.uniform(0.02, 0.12))
+    return x
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus soft Dice over the foreground classes (nnU-Net's default pairing)."""
+    ce = F.cross_entropy(logits, target)
+    probs = logits.softmax(1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3).to(probs.dtype)
+    dims = (0, 2, 3, 4)
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + 1e-5) / (denom + 1e-5)
+    return ce + (1 - dice[1:].mean())
+
+
+def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.device) -> dict:
+    seed = recipe["seed"] + (0 if role == "coarse" else 1000)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    tr = cfg["train"]
+    patch = tuple(tr.get("patch_size", cfg["input"]["patch_size"]))
+    ucfg = UNetConfig.from_dict({**cfg["architecture"], "num_classes": NUM_CLASSES})
+    net = UNet3D(ucfg).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=tr["lr"], weight_decay=3e-5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / tr["steps"]) ** 0.9)
+    sampler = PatchSampler(patch, tr["foreground_fraction"], rng)  # type: ignore[arg-type]
+    next_case = 0
+    t0 = time.time()
+    for _ in range(tr["pool"]):
+        sampler.add(*training_volume([seed, next_case], role, cfg, recipe["intensity"]))
+        next_case += 1
+    print(f"[{role}] pool of {tr['pool']} phantoms in {time.time() - t0:.0f} s; {count_parameters(net) / 1e6:.2f} M parameters", flush=True)
+    losses = []
+    t_train = time.time()
+    for step in range(tr["steps"]):
+        if step and step % tr["refresh_every"] == 0:
+            sampler.add(*training_volume([seed, next_case], role, cfg, recipe["intensity"]), slot=next_case % tr["pool"])
+            next_case += 1
+        batch = [sampler.sample() for _ in range(tr["batch"])]
+        x = torch.stack([augment(b[0], rng) for b in batch])[:, None].to(device)
+        y = torch.stack([b[1] for b in batch]).to(device)
+        net.train()
+        loss = dice_ce_loss(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if step % 25 == 0 or step == tr["steps"] - 1:
+            print(f"[{role}] step {step + 1}/{tr['steps']} loss {np.mean(losses[-25:]):.3f} ({time.time() - t_train:.0f} s)", flush=True)
+    net.eval().cpu()
+    seconds = time.time() - t0
+    config = {"role": role, "input": cfg["input"], "intensity": recipe["intensity"], "labels": LABEL_NAMES}
+    save_model(out / role, net, config)
+    log = {
+        "role": role,
+        "steps": tr["steps"],
+        "batch": tr["batch"],
+        "patch_size": list(patch),
+        "phantoms_generated": next_case,
+        "seconds": round(seconds, 1),
+        "final_loss": round(float(np.mean(losses[-50:])), 4),
+        "parameters": count_parameters(net),
+        "inference_patch_size": cfg["input"]["patch_size"],
+        "gmac_per_inference_patch": round(count_macs(net, tuple(cfg["input"]["patch_size"])) / 1e9, 2),
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "seed": seed,
+    }
+    (out / role / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    return log
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=Path(__file__).with_name("config.json"))
+    ap.add_argument("--out", type=Path, default=Path("weights"))
+    ap.add_argument("--role", choices=("coarse", "fine", "both"), default="both")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--steps", type=int, default=None, help="override the step count (for quick checks)")
+    args = ap.parse_args(argv)
+    recipe = json.loads(args.config.read_text())
+    for role in ("coarse", "fine") if args.role == "both" else (args.role,):
+        cfg = recipe[role]
+        if args.steps:
+            cfg["train"]["steps"] = args.steps
+        print(json.dumps(train_role(role, cfg, recipe, args.out, torch.device(args.device))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
