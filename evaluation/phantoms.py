@@ -53,9 +53,9 @@ class _Canvas:
     def window(self, lo: np.ndarray, hi: np.ndarray) -> tuple[tuple[slice, ...], list[np.ndarray]] | None:
         """Index slices and broadcastable mm coordinates (z, y, x) of a box given in mm."""
         sl, coords = [], []
-        for a, (l, h) in enumerate(zip(lo, hi)):
+        for a, (low, high) in enumerate(zip(lo, hi)):
             ax = self.axes[a]
-            i0, i1 = int(np.searchsorted(ax, l)), int(np.searchsorted(ax, h, side="right"))
+            i0, i1 = int(np.searchsorted(ax, low)), int(np.searchsorted(ax, high, side="right"))
             if i1 <= i0:
                 return None
             sl.append(slice(i0, i1))
