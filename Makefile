@@ -4,9 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INPUT ?= inputs
 OUTPUT ?= outputs
-IMAGE ?= flare-fast-seg:latest
+IMAGE ?=
+TAG ?= flare-fast-seg:latest
+BENCH ?= bench
 
-.PHONY: predict test lint docker
+.PHONY: predict test lint docker bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,4 +32,9 @@ lint: $(VENV)/.deps-dev
 	$(BIN)/ruff check .
 
 docker:
-	docker build -t $(IMAGE) .
+	docker build -t $(or $(IMAGE),$(TAG)) .
+
+# Efficiency harness over a folder: locally through predict.sh, or the organisers' docker run with IMAGE=...
+bench: $(VENV)/.deps-dev
+	env PYTHON="$(CURDIR)/$(BIN)/python" $(BIN)/python -m evaluation.efficiency --inputs "$(INPUT)" --outputs "$(BENCH)/masks" \
+		--report "$(BENCH)/report" $(if $(IMAGE),--image "$(IMAGE)",--command "sh predict.sh")
