@@ -17,6 +17,8 @@ from .labels import flare_id
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
+FOREGROUND = "foreground"  # a coarse model may be binary: background / all organs
+FOREGROUND_ID = 255
 
 
 class WeightsError(Exception):
@@ -44,10 +46,10 @@ class ModelSpec:
 
     @property
     def lut(self) -> np.ndarray:
-        """Model output channel -> FLARE label id."""
+        """Model output channel -> FLARE label id (a coarse model's 'foreground' -> 255)."""
         out = np.zeros(max(self.labels) + 1, dtype=np.uint8)
         for ch, name in self.labels.items():
-            out[ch] = flare_id(name) or 0
+            out[ch] = FOREGROUND_ID if name == FOREGROUND else (flare_id(name) or 0)
         return out
 
 
@@ -128,7 +130,7 @@ def read_spec(folder: str | Path, role: str | None = None) -> ModelSpec:
         raise _fail(cfg_path, "labels keys must be output channel numbers") from e
     if sorted(labels) != list(range(ucfg.num_classes)):
         raise _fail(cfg_path, f"labels must name channels 0..{ucfg.num_classes - 1} (architecture.num_classes), got {sorted(labels)}")
-    unknown = [n for c, n in labels.items() if c > 0 and flare_id(n) is None]
+    unknown = [n for c, n in labels.items() if c > 0 and flare_id(n) is None and not (n == FOREGROUND and raw.get("role", role) == "coarse")]
     if unknown:
         raise _fail(cfg_path, f"label names with no FLARE id: {unknown}")
 

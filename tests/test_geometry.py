@@ -29,9 +29,19 @@ def test_resampled_shape():
 
 
 def test_roi_box_ignores_stray_voxels_and_adds_margin():
-    coarse = np.zeros((10, 20, 20), np.uint8)
-    coarse[4:6, 5:10, 5:10] = 1
-    coarse[0, 19, 19] = 1  # a stray voxel of the same organ far away
-    box = roi_box(coarse, full_shape=(100, 200, 200), spacing=(1.0, 1.0, 1.0), margin_mm=3)
-    assert box == Box((37, 47, 47), (63, 103, 103))
+    coarse = np.zeros((10, 20, 20), np.uint8)  # each coarse voxel is 5 x 10 x 20 mm = 1 mL of the full grid
+    coarse[4:6, 5:10, 5:10] = 1  # 50 mL of liver
+    coarse[4:6, 10:15, 10:15] = 13  # touching kidney: one blob with the liver
+    coarse[0, 19, 19] = 1  # a stray 1 mL voxel far away
+    box = roi_box(coarse, full_shape=(100, 200, 200), spacing=(0.5, 1.0, 2.0), margin_mm=3)
+    assert box == Box((34, 47, 48), (66, 153, 152))  # margin: 6 slices of 0.5 mm, 3 rows of 1 mm, 2 columns of 2 mm
     assert roi_box(np.zeros((4, 4, 4), np.uint8), (8, 8, 8), (1.0, 1.0, 1.0), 20) is None
+
+
+def test_roi_box_of_a_binary_coarse_model_keeps_separate_organs():
+    coarse = np.zeros((20, 20, 20), np.uint8)  # 1 mL voxels
+    coarse[2:6, 2:6, 2:6] = 255  # 64 mL
+    coarse[12:15, 14:17, 14:17] = 255  # 27 mL, separate: kept
+    coarse[18, 0, 18] = 255  # 1 mL speck: dropped
+    box = roi_box(coarse, full_shape=(20, 20, 20), spacing=(10.0, 10.0, 10.0), margin_mm=0)
+    assert box == Box((2, 2, 2), (15, 17, 17))

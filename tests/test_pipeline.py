@@ -113,7 +113,7 @@ def test_roi_crop_is_pasted_back_in_place(weights, tmp_path, monkeypatch):
 
     def fake_coarse(model, image, spacing):
         coarse = np.zeros((10, 16, 16), np.uint8)
-        coarse[2:4, 4:5, 7:12] = 1
+        coarse[2:4, 4:6, 7:12] = 1  # 20 coarse voxels of 128 mm^3: 2.6 mL, an organ rather than a speck
         return coarse
 
     real_segment = app.fine.segment_crop_with_fallback
@@ -126,9 +126,9 @@ def test_roi_crop_is_pasted_back_in_place(weights, tmp_path, monkeypatch):
     monkeypatch.setattr("app.fine.segment_crop_with_fallback", spy)
     results = predict_folder(inp, tmp_path / "out", _opts(weights, margin_mm=4.0))
     assert results[0].ok
-    # coarse box z 8..16, y 16..20, x 28..48 on the full grid; the 4 mm margin is 2 slices of
+    # coarse box z 8..16, y 16..24, x 28..48 on the full grid; the 4 mm margin is 2 slices of
     # 2 mm along z and 4 voxels of 1 mm in-plane
-    expected = Box((6, 12, 24), (18, 24, 52))
+    expected = Box((6, 12, 24), (18, 28, 52))
     assert results[0].info["roi_box"] == [list(expected.start), list(expected.stop)]
     assert seen["shape"] == expected.shape
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "box.nii.gz")))

@@ -28,8 +28,12 @@ from app.resample import resize_image, resize_labels
 from app.unet import UNet3D, UNetConfig, count_macs, count_parameters
 from evaluation.phantoms import generate
 
-NUM_CLASSES = 15  # background + 13 organs + lesion
 LABEL_NAMES = {"0": "background", **{str(i): n for i, n in FLARE_LABELS.items()}}
+BINARY_NAMES = {"0": "background", "1": "foreground"}  # a coarse model only has to find the organs
+
+
+def label_names(cfg: dict) -> dict[str, str]:
+    return BINARY_NAMES if cfg.get("binary") else LABEL_NAMES
 
 
 def normalise(image: torch.Tensor, intensity: dict) -> torch.Tensor:
@@ -50,6 +54,8 @@ def training_volume(seed: list[int], role: str, cfg: dict, intensity: dict) -> t
         if box is not None:
             box = expand_box_mm(box, ph.spacing, float(rng.uniform(*ph_cfg["roi_margin_mm"])), ph.labels.shape)
             image, labels = image[box.slices], labels[box.slices]
+    if cfg.get("binary"):
+        labels = (labels > 0).to(torch.uint8)
     target = resampled_shape(tuple(image.shape), ph.spacing, tuple(cfg["input"]["spacing"]))
     return resize_image(normalise(image, intensity), target), resize_labels(labels, target)  # type: ignore[arg-type]
 
@@ -120,7 +126,7 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
     rng = np.random.default_rng(seed)
     tr = cfg["train"]
     patch = tuple(tr.get("patch_size", cfg["input"]["patch_size"]))
-    ucfg = UNetConfig.from_dict({**cfg["architecture"], "num_classes": NUM_CLASSES})
+    ucfg = UNetConfig.from_dict({**cfg["architecture"], "num_classes": len(label_names(cfg))})
     net = UNet3D(ucfg).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=tr["lr"], weight_decay=3e-5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / tr["steps"]) ** 0.9)
@@ -152,7 +158,7 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
             print(f"[{role}] step {step + 1}/{tr['steps']} loss {np.mean(losses[-25:]):.3f} ({time.time() - t_train:.0f} s)", flush=True)
     net.eval().cpu()
     seconds = time.time() - t0
-    config = {"role": role, "input": cfg["input"], "intensity": recipe["intensity"], "labels": LABEL_NAMES}
+    config = {"role": role, "input": cfg["input"], "intensity": recipe["intensity"], "labels": label_names(cfg)}
     save_model(out / role, net, config)
     log = {
         "role": role,
