@@ -35,14 +35,19 @@ class Geometry:
 
 @dataclass
 class Scan:
-    """A scan in the canonical layout, with what is needed to write its mask back exactly."""
+    """A scan as stored, with its header; ``layout`` views it in the axis order a model expects."""
 
     path: Path
-    array: np.ndarray  # canonical [z, y, x], int16 or float32
-    spacing: tuple[float, float, float]  # canonical [z, y, x] mm
-    orientation: Orientation
+    stored: np.ndarray  # the file's own numpy order [k, j, i], int16 or float32
     geometry: Geometry
     warnings: list[str] = field(default_factory=list)
+
+    def layout(self, target: str = "LPS") -> tuple[np.ndarray, tuple[float, float, float], Orientation]:
+        """(array, spacing in mm, orientation) in a model's layout; permutations and flips only."""
+        orientation = orientation_from_direction(np.array(self.geometry.direction), target)
+        array = np.ascontiguousarray(orientation.to_canonical(self.stored))
+        spacing = orientation.spacing_to_canonical(tuple(reversed(self.geometry.spacing)))  # type: ignore[arg-type]
+        return array, spacing, orientation
 
 
 def is_nifti(path: Path) -> bool:
@@ -151,7 +156,7 @@ def _nonfinite(path: Path, header: RawHeader, shape: tuple[int, ...]) -> np.ndar
 
 
 def read_scan(path: Path) -> Scan:
-    """Read a CT scan, check it, and bring it to the canonical layout."""
+    """Read a CT scan and check it (truncation, dimensions, NaNs, Hounsfield range)."""
     import SimpleITK as sitk
 
     header = read_raw_header(path)
@@ -191,17 +196,7 @@ def read_scan(path: Path) -> Scan:
         array[nonfinite] = np.nan
 
     warnings = _check_values(array, geometry)
-    orientation = orientation_from_direction(np.array(geometry.direction))
-    spacing_np = tuple(reversed(geometry.spacing))
-    canonical = np.ascontiguousarray(orientation.to_canonical(array))
-    return Scan(
-        path=path,
-        array=canonical,
-        spacing=orientation.spacing_to_canonical(spacing_np),  # type: ignore[arg-type]
-        orientation=orientation,
-        geometry=geometry,
-        warnings=warnings,
-    )
+    return Scan(path=path, stored=array, geometry=geometry, warnings=warnings)
 
 
 def _check_values(array: np.ndarray, geo: Geometry) -> list[str]:

@@ -167,19 +167,20 @@ class Engine:
 
         torch, opts, name = self.torch, self.options, scan.path.name
         watch = Stopwatch(sync=self.device.type == "cuda")
-        shape = scan.array.shape
         with watch.stage("coarse"):
-            image = torch.from_numpy(scan.array).to(self.device)
+            array, spacing, layout = scan.layout(self.fine.spec.orientation)
+            image = torch.from_numpy(array).to(self.device)
             box: Box | None = None
             if self.coarse is not None:
-                box = roi_box(coarse_labels(self.coarse, image, scan.spacing), shape, scan.spacing, opts.margin_mm)
+                box = self._coarse_box(scan, image, spacing, layout, coarse_labels, roi_box)
                 if box is None:
                     log.warning("%s: the coarse model found no organ; segmenting the whole scan", name)
+        shape = tuple(array.shape)
         with watch.stage("roi"):
             box = box or Box.full(shape)
             crop = image[box.slices]
         with watch.stage("fine"):
-            labels = segment_crop_with_fallback(self.fine, crop, scan.spacing, opts.upsample, name)
+            labels = segment_crop_with_fallback(self.fine, crop, spacing, opts.upsample, name)
             del crop, image
             labels_np = labels.cpu().numpy()
         with watch.stage("cleanup"):
@@ -187,7 +188,7 @@ class Engine:
                 labels_np = keep_largest_components(labels_np, opts.keep_largest)
             mask = np.zeros(shape, dtype=np.uint8)
             mask[box.slices] = labels_np
-            mask = scan.orientation.from_canonical(mask)
+            mask = layout.from_canonical(mask)
         found = sorted(int(v) for v in np.unique(labels_np) if v)
         if not found:
             log.warning("%s: the fine model found no organ; writing an empty mask", name)
@@ -195,6 +196,18 @@ class Engine:
             write_mask(mask, scan.geometry, output_path(out_dir, scan.path))
         info = {"device": str(self.device), "roi_box": [list(box.start), list(box.stop)], "roi_fraction": round(float(np.prod(box.shape)) / float(np.prod(shape)), 4), "labels": found}
         return CaseResult(name, ok=True, timings=watch.times, info=info)
+
+    def _coarse_box(self, scan: Scan, image, spacing, layout, coarse_labels, roi_box) -> Box | None:
+        """ROI in the fine model's layout; the coarse model sees the scan in its own layout."""
+        assert self.coarse is not None
+        if self.coarse.spec.orientation == self.fine.spec.orientation:
+            return roi_box(coarse_labels(self.coarse, image, spacing), tuple(image.shape), spacing, self.options.margin_mm)
+        c_array, c_spacing, c_layout = scan.layout(self.coarse.spec.orientation)
+        c_image = self.torch.from_numpy(c_array).to(self.device)
+        c_box = roi_box(coarse_labels(self.coarse, c_image, c_spacing), c_array.shape, c_spacing, self.options.margin_mm)
+        if c_box is None:
+            return None
+        return layout.box_to_canonical(c_layout.box_from_canonical(c_box, c_array.shape), scan.stored.shape)
 
 
 def _pick_device(name: str):  # -> torch.device

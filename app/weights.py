@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .labels import flare_id
+from .orientation import STORED, code_direction
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -37,6 +38,7 @@ class ModelSpec:
     patch_size: tuple[int, int, int]
     step: float
     mirror_axes: tuple[int, ...]
+    orientation: str  # "LPS" (canonical, default), another code such as "RAS", or "stored"
     clip: tuple[float, float]
     mean: float
     std: float
@@ -115,6 +117,13 @@ def read_spec(folder: str | Path, role: str | None = None) -> ModelSpec:
     if any(a not in (0, 1, 2) for a in mirror):
         raise _fail(cfg_path, f"input.mirror_axes must be axes 0-2, got {list(mirror)}")
 
+    orientation = str(inp.get("orientation", "LPS"))
+    if orientation != STORED:
+        try:
+            code_direction(orientation)
+        except ValueError as e:
+            raise _fail(cfg_path, f"input.orientation: {e}, or 'stored'") from None
+
     inten = raw["intensity"]
     try:
         clip = (float(inten["clip"][0]), float(inten["clip"][1]))
@@ -153,6 +162,7 @@ def read_spec(folder: str | Path, role: str | None = None) -> ModelSpec:
         patch_size=patch,
         step=step,
         mirror_axes=mirror,
+        orientation=orientation,
         clip=clip,
         mean=mean,
         std=std,

@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
         name = f"phantom_s{args.seed}_{i:03d}"
         ph = generate([args.seed, i], args.fov, args.slices, tuple(args.spacing) if args.spacing else None, args.size, not args.no_lesions)
         write(ph, args.out / "images" / f"{name}_0000.nii.gz", args.out / "labels" / f"{name}.nii.gz")
-        print(f"{name}: {ph.image.shape[::-1]} voxels, spacing {ph.spacing[::-1]} mm, {ph.orientation}, labels {sorted(set(np.unique(ph.labels)) - {0})}")
+        print(f"{name}: {ph.image.shape[::-1]} voxels, spacing {ph.spacing[::-1]} mm, {ph.orientation}, labels {[int(v) for v in np.unique(ph.labels) if v]}")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,6 @@ def test_cli_writes_flare_named_pairs_in_their_orientation(tmp_path, capsys):
     assert img.GetSize() == lab.GetSize() and img.GetDirection() == lab.GetDirection() and img.GetOrigin() == lab.GetOrigin()
     assert img.GetPixelID() == sitk.sitkInt16 and lab.GetPixelID() == sitk.sitkUInt8
     # the engine's canonical layout undoes whatever orientation was written
-    scan = read_scan(images[0])
-    assert scan.array.shape[1:] == (160, 160) and scan.spacing == (4.0, 2.0, 2.0)
+    array, spacing, _ = read_scan(images[0]).layout()
+    assert array.shape[1:] == (160, 160) and spacing == (4.0, 2.0, 2.0)
     assert "phantom_s4_001" in capsys.readouterr().out
