@@ -18,8 +18,9 @@ $(VENV)/.deps-predict: requirements.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.deps-dev: requirements-dev.txt $(VENV)/.deps-predict
-	$(BIN)/python -m pip install -q -r requirements-dev.txt
+$(VENV)/.deps-dev: requirements-dev.txt requirements-nnunet.txt $(VENV)/.deps-predict
+	$(BIN)/python -m pip install -q -r requirements-dev.txt -r requirements-nnunet.txt
+	$(BIN)/python -m pip install -q --no-deps nnunetv2==2.8.1 dynamic-network-architectures==0.4.4
 	touch $@
 
 predict: $(VENV)/.deps-predict

@@ -40,15 +40,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labels reduced to their largest connected component: organs (default, 1-13), all, none, or 1,2,3")
     p.add_argument("--no-roi", action="store_true", help="skip the coarse model; run the fine model over the whole scan")
     p.add_argument("-v", "--verbose", action="store_true")
+
+    imp = sub.add_parser("import-nnunet", help="convert an nnU-Net v2 results folder into a weights folder")
+    imp.add_argument("--model", required=True, type=Path, help="folder with dataset.json, plans.json and fold_X/")
+    imp.add_argument("--fold", nargs="+", default=["all"], help="all, or one or more of 0..4 (several are ensembled)")
+    imp.add_argument("--checkpoint", default="checkpoint_final.pth")
+    imp.add_argument("--role", choices=("coarse", "fine"), default="fine")
+    imp.add_argument("--configuration", default=None, help="plans configuration (default: the one the checkpoint was trained with)")
+    imp.add_argument("--mirror", action="store_true", help="keep nnU-Net's test-time mirroring (slower)")
+    imp.add_argument("--out", required=True, type=Path, help="weights folder to write, e.g. weights/fine")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     if args.command == "predict":
         return _predict(args)
+    if args.command == "import-nnunet":
+        return _import(args)
     return 2
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .nnunet_import import import_nnunet
+    from .weights import WeightsError
+
+    try:
+        cfg = import_nnunet(args.model, [str(f) for f in args.fold], args.checkpoint, args.role, args.out, args.configuration, args.mirror)
+    except WeightsError as e:
+        log.error("%s", e)
+        return 2
+    log.info("wrote %s: %s, spacing %s, patch %s, %d labels, %d fold(s)", args.out, cfg["source"]["configuration"],
+             cfg["input"]["spacing"], cfg["input"]["patch_size"], len(cfg["labels"]), len(cfg["files"]))
+    return 0
 
 
 def _predict(args: argparse.Namespace) -> int:

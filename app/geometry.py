@@ -27,6 +27,11 @@ class Box:
         return cls(start=(0,) * len(shape), stop=tuple(shape))
 
 
+def intersect(a: Box, b: Box) -> Box:
+    """Overlap of two boxes (may be empty: stop <= start on some axis)."""
+    return Box(tuple(max(x, y) for x, y in zip(a.start, b.start)), tuple(min(x, y) for x, y in zip(a.stop, b.stop)))
+
+
 def bounding_box(mask: np.ndarray) -> Box | None:
     """Tight box around the non-zero voxels, or None for an empty mask."""
     if not mask.any():

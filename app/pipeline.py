@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .geometry import Box
+from .geometry import Box, bounding_box, intersect
 from .nifti import Scan, ScanError, check_writable, find_scans, output_path, read_scan, write_mask
 from .weights import ModelSpec, WeightsError, read_spec
 
@@ -178,6 +178,8 @@ class Engine:
         shape = tuple(array.shape)
         with watch.stage("roi"):
             box = box or Box.full(shape)
+            if self.fine.spec.crop_nonzero:  # nnU-Net predicts only inside the box of non-zero voxels
+                box = intersect(box, bounding_box(array != 0) or box)
             crop = image[box.slices]
         with watch.stage("fine"):
             labels = segment_crop_with_fallback(self.fine, crop, spacing, opts.upsample, name)

@@ -39,6 +39,7 @@ class ModelSpec:
     step: float
     mirror_axes: tuple[int, ...]
     orientation: str  # "LPS" (canonical, default), another code such as "RAS", or "stored"
+    crop_nonzero: bool  # nnU-Net crops to the box of non-zero voxels before predicting
     clip: tuple[float, float]
     mean: float
     std: float
@@ -163,6 +164,7 @@ def read_spec(folder: str | Path, role: str | None = None) -> ModelSpec:
         step=step,
         mirror_axes=mirror,
         orientation=orientation,
+        crop_nonzero=bool(inp.get("crop_nonzero", False)),
         clip=clip,
         mean=mean,
         std=std,

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -37,7 +38,8 @@ def test_tile_starts_cover_the_axis():
 def test_gaussian_has_its_peak_in_the_centre_and_no_zeros():
     w = gaussian_weights((8, 16, 16))
     assert w.max() == 1.0 and w.min() > 0
-    assert w[3:5, 7:9, 7:9].min() == w.max()
+    assert np.unravel_index(w.argmax(), w.shape) == (4, 8, 8)  # nnU-Net's centre: p // 2
+    assert w[4, 8, 2] == pytest.approx(np.exp(-0.5 * (6 / 2) ** 2), rel=0.02)  # sigma = 16 / 8 voxels
 
 
 class _Affine(torch.nn.Module):
