@@ -19,6 +19,10 @@ class Box:
         return tuple(b - a for a, b in zip(self.start, self.stop))
 
     @property
+    def is_empty(self) -> bool:
+        return any(b <= a for a, b in zip(self.start, self.stop))
+
+    @property
     def slices(self) -> tuple[slice, ...]:
         return tuple(slice(a, b) for a, b in zip(self.start, self.stop))
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from .geometry import Box, bounding_box, intersect
 from .nifti import Scan, ScanError, check_writable, find_scans, output_path, read_scan, write_mask
+from .orientation import Orientation
 from .weights import ModelSpec, WeightsError, read_spec
 
 log = logging.getLogger("app")
@@ -162,7 +163,6 @@ class Engine:
 
     def _segment(self, scan: Scan, out_dir: Path) -> CaseResult:
         from .cleanup import keep_largest_components
-        from .coarse import coarse_labels, roi_box
         from .fine import segment_crop_with_fallback
 
         torch, opts, name = self.torch, self.options, scan.path.name
@@ -172,14 +172,16 @@ class Engine:
             image = torch.from_numpy(array).to(self.device)
             box: Box | None = None
             if self.coarse is not None:
-                box = self._coarse_box(scan, image, spacing, layout, coarse_labels, roi_box)
+                box = self._coarse_box(scan, image, spacing, layout)
                 if box is None:
                     log.warning("%s: the coarse model found no organ; segmenting the whole scan", name)
         shape = tuple(array.shape)
         with watch.stage("roi"):
             box = box or Box.full(shape)
-            if self.fine.spec.crop_nonzero:  # nnU-Net predicts only inside the box of non-zero voxels
-                box = intersect(box, bounding_box(array != 0) or box)
+            nonzero = bounding_box(array != 0) if self.fine.spec.crop_nonzero else None
+            if nonzero is not None:  # nnU-Net predicts only inside the box of non-zero voxels
+                overlap = intersect(box, nonzero)
+                box = overlap if not overlap.is_empty else nonzero
             crop = image[box.slices]
         with watch.stage("fine"):
             labels = segment_crop_with_fallback(self.fine, crop, spacing, opts.upsample, name)
@@ -199,8 +201,10 @@ class Engine:
         info = {"device": str(self.device), "roi_box": [list(box.start), list(box.stop)], "roi_fraction": round(float(np.prod(box.shape)) / float(np.prod(shape)), 4), "labels": found}
         return CaseResult(name, ok=True, timings=watch.times, info=info)
 
-    def _coarse_box(self, scan: Scan, image, spacing, layout, coarse_labels, roi_box) -> Box | None:
+    def _coarse_box(self, scan: Scan, image, spacing: tuple[float, float, float], layout: Orientation) -> Box | None:
         """ROI in the fine model's layout; the coarse model sees the scan in its own layout."""
+        from .coarse import coarse_labels, roi_box
+
         assert self.coarse is not None
         if self.coarse.spec.orientation == self.fine.spec.orientation:
             return roi_box(coarse_labels(self.coarse, image, spacing), tuple(image.shape), spacing, self.options.margin_mm)
