@@ -6,21 +6,14 @@ import cc3d
 import numpy as np
 import torch
 
-from .geometry import Box, bounding_box, expand_box_mm, map_box, resampled_shape
+from .geometry import Box, bounding_box, expand_box_mm, map_box
 from .model import Model
 from .resample import resize_image
 
 
-def model_grid(model: Model, shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, int, int]:
-    """The grid a model sees a volume on: its fixed size, or the volume at the model's spacing."""
-    if model.spec.size is not None:
-        return model.spec.size
-    return resampled_shape(shape, spacing, model.spec.spacing)  # type: ignore[arg-type, return-value]
-
-
 def coarse_labels(model: Model, image: torch.Tensor, spacing: tuple[float, float, float]) -> np.ndarray:
     """FLARE labels of the whole scan on the coarse grid (uint8, CPU)."""
-    x = resize_image(model.normalize(image), model_grid(model, tuple(image.shape), spacing))
+    x = resize_image(model.normalize(image), model.grid(tuple(image.shape), spacing))
     patch = model.spec.size or model.spec.patch_size
     labels = model.logits(x, patch=patch).argmax(0)
     return model.lut[labels].cpu().numpy()

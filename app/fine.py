@@ -12,7 +12,6 @@ import logging
 
 import torch
 
-from .coarse import model_grid
 from .model import Model
 from .resample import argmax_resized, resize_image, resize_labels
 from .unet import UNetConfig
@@ -32,7 +31,7 @@ def segment_crop(
 ) -> torch.Tensor:
     """FLARE labels (uint8) of a raw-HU ``[Z, Y, X]`` crop, on the crop's grid and device."""
     shape = tuple(crop.shape)
-    x = resize_image(model.normalize(crop), model_grid(model, shape, spacing))
+    x = resize_image(model.normalize(crop), model.grid(shape, spacing))
     logits = model.logits(x, patch=patch, accumulate_on=accumulate_on)
     del x
     logits = logits.to(model.device)

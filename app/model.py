@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .geometry import resampled_shape
 from .sliding_window import sliding_window_logits
 from .unet import UNet3D, UNetConfig
 from .weights import ModelSpec, WeightsError
@@ -37,6 +38,12 @@ class Model:
     @property
     def num_classes(self) -> int:
         return len(self.spec.labels)
+
+    def grid(self, shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, int, int]:
+        """The grid this model sees a volume on: its fixed size, or the volume at its spacing."""
+        if self.spec.size is not None:
+            return self.spec.size
+        return resampled_shape(shape, spacing, self.spec.spacing)  # type: ignore[arg-type, return-value]
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         """Clip to the model's window, then z-score, in the model's dtype on its device."""
