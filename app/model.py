@@ -98,15 +98,19 @@ def load_model(spec: ModelSpec, device: torch.device, half: bool = True) -> Mode
     return Model(spec, net, torch.device("cpu"), torch.float32, lut).to(device, half)
 
 
-def save_model(folder, net: UNet3D, config: dict, name: str = "model.safetensors") -> None:
-    """Write a weights folder: the network's tensors plus config.json (architecture filled in)."""
+def save_tensors(folder, net: torch.nn.Module, name: str = "model.safetensors") -> None:
+    """One network's tensors as a safetensors file in a weights folder."""
     from pathlib import Path
 
     from safetensors.torch import save_file
 
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(Path(folder) / name))
+
+
+def save_model(folder, net: UNet3D, config: dict, name: str = "model.safetensors") -> None:
+    """Write a weights folder: the network's tensors plus config.json (architecture filled in)."""
     from .weights import write_config
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(folder / name))
+    save_tensors(folder, net, name)
     write_config(folder, {**config, "architecture": net.config.to_dict(), "files": [name]})

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .labels import flare_id
-from .model import save_model
+from .model import save_tensors
 from .unet import UNet3D, UNetConfig
 from .weights import WeightsError, write_config
 
@@ -198,7 +198,7 @@ def import_nnunet(model_dir: Path, folds: list[str], checkpoint: str, role: str,
         if not torch.allclose(ours, ref, atol=1e-4, rtol=1e-4):
             raise ImportErrorNnunet(f"fold_{fold}: converted network differs from nnU-Net's (max |diff| {float((ours - ref).abs().max()):.3g})")
         name = f"fold_{fold}.safetensors"
-        save_model(out, net, {}, name=name)
+        save_tensors(out, net, name)
         files.append(name)
     mirror_axes = list(ckpts[0].get("inference_allowed_mirroring_axes") or []) if mirror else []
     config = {
