@@ -157,7 +157,7 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
         if step % 25 == 0 or step == tr["steps"] - 1:
             print(f"[{role}] step {step + 1}/{tr['steps']} loss {np.mean(losses[-25:]):.3f} ({time.time() - t_train:.0f} s)", flush=True)
         if (step + 1) % tr.get("checkpoint_every", 100) == 0:  # a usable folder even if the run is cut short
-            save_model(out / f"{role}.step{step + 1}", net, {"role": role, "input": cfg["input"], "intensity": recipe["intensity"], "labels": label_names(cfg)})
+            save_model(out / "checkpoints" / f"{role}.step{step + 1}", net, {"role": role, "input": cfg["input"], "intensity": recipe["intensity"], "labels": label_names(cfg)})
     net.eval().cpu()
     seconds = time.time() - t0
     config = {"role": role, "input": cfg["input"], "intensity": recipe["intensity"], "labels": label_names(cfg)}
