@@ -137,14 +137,20 @@ class UNet3D(nn.Module):
         self.decoder = _Decoder(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder.seg(self.decoder_features(x)[-1])
+
+    def decoder_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each decoder stage's output, coarsest first; training attaches deep-supervision heads here."""
         skips = []
         for stage in self.encoder.stages:
             x = stage(x)
             skips.append(x)
         x = skips.pop()
+        out = []
         for up, stage in zip(self.decoder.transpconvs, self.decoder.stages):
             x = stage(torch.cat([up(x), skips.pop()], dim=1))
-        return self.decoder.seg(x)
+            out.append(x)
+        return out
 
 
 def count_parameters(model: nn.Module) -> int:

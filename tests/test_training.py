@@ -28,3 +28,25 @@ def test_a_short_run_of_each_role_writes_loadable_weights(tmp_path):
         load_model(spec, torch.device("cpu"))
         assert (tmp_path / "checkpoints" / f"{role}.step2" / "model.safetensors").is_file()
         assert json.loads((tmp_path / role / "training_log.json").read_text())["parameters"] > 0
+
+
+def test_deep_supervision_heads_train_and_are_not_shipped(tmp_path):
+    from app.model import save_model
+    from app.unet import UNet3D, UNetConfig
+    from training.train import DeepSupervision, dice_ce_loss
+
+    torch.manual_seed(0)
+    cfg = UNetConfig(features=[4, 8, 16, 16], strides=[(1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2)], kernel_sizes=[(1, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)], num_classes=3)
+    net = UNet3D(cfg)
+    ds = DeepSupervision(net, 5)
+    assert ds.levels == 2 and ds.strides == [(1, 1, 1), (1, 2, 2), (2, 4, 4)]
+    assert abs(sum(ds.weights) - 1) < 1e-9 and ds.weights[0] > ds.weights[1] > ds.weights[2]
+    x, y = torch.randn(1, 1, 8, 16, 16), torch.randint(0, 3, (1, 8, 16, 16))
+    loss = ds.loss(net, x, y)
+    loss.backward()
+    assert torch.isfinite(loss) and all(h.weight.grad is not None and h.weight.grad.abs().sum() > 0 for h in ds.heads)
+    assert torch.allclose(DeepSupervision(net, 0).loss(net, x, y), dice_ce_loss(net(x), y))  # no heads: the plain loss
+    save_model(tmp_path / "m", net, {"role": "fine", "input": {"spacing": [1.0, 1.0, 1.0], "patch_size": [8, 16, 16]}, "intensity": {"clip": [0.0, 1.0], "mean": 0.0, "std": 1.0}, "labels": {"0": "background", "1": "liver", "2": "right kidney"}})
+    from safetensors.torch import load_file
+
+    assert set(load_file(tmp_path / "m" / "model.safetensors")) == set(net.state_dict())

@@ -19,6 +19,9 @@ def test_unet_shapes_and_counts():
     assert count_parameters(net) > 0
     assert count_macs(net, (4, 8, 8)) > 0
     assert UNetConfig.from_dict(net.config.to_dict()) == net.config
+    feats = net.decoder_features(torch.zeros(2, 1, 4, 8, 12))
+    assert [f.shape[2:] for f in feats] == [(4, 4, 6), (4, 8, 12)]  # coarsest first, finest last
+    assert torch.equal(net.decoder.seg(feats[-1]), out)
 
 
 def test_bad_architecture_is_a_clear_error():

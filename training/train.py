@@ -120,6 +120,34 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ce + (1 - dice[1:].mean())
 
 
+class DeepSupervision(torch.nn.Module):
+    """1x1 heads on the coarser decoder stages (train-time only, as in nnU-Net), and their loss.
+
+    The extra gradient paths speed up the early learning that a short CPU run lives on; the
+    heads are dropped when the model is saved, so the shipped network is the plain U-Net.
+    """
+
+    def __init__(self, net: UNet3D, levels: int) -> None:
+        super().__init__()
+        cfg = net.config
+        self.levels = min(levels, len(cfg.features) - 2)
+        self.heads = torch.nn.ModuleList(torch.nn.Conv3d(cfg.features[k], cfg.num_classes, 1) for k in range(1, self.levels + 1))
+        strides, self.strides = (1, 1, 1), []
+        for s in cfg.strides[: self.levels + 1]:
+            strides = tuple(a * b for a, b in zip(strides, s))
+            self.strides.append(strides)
+        w = np.array([0.5**k for k in range(self.levels + 1)])
+        self.weights = (w / w.sum()).tolist()
+
+    def loss(self, net: UNet3D, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        feats = net.decoder_features(x)[::-1]  # finest first
+        total = self.weights[0] * dice_ce_loss(net.decoder.seg(feats[0]), y)
+        for k in range(1, self.levels + 1):
+            sz, sy, sx = self.strides[k]
+            total = total + self.weights[k] * dice_ce_loss(self.heads[k - 1](feats[k]), y[:, ::sz, ::sy, ::sx])
+        return total
+
+
 def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.device) -> dict:
     seed = recipe["seed"] + (0 if role == "coarse" else 1000)
     torch.manual_seed(seed)
@@ -128,7 +156,8 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
     patch = tuple(tr.get("patch_size", cfg["input"]["patch_size"]))
     ucfg = UNetConfig.from_dict({**cfg["architecture"], "num_classes": len(label_names(cfg))})
     net = UNet3D(ucfg).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=tr["lr"], weight_decay=3e-5)
+    ds = DeepSupervision(net, tr.get("deep_supervision", 0)).to(device)
+    opt = torch.optim.AdamW([*net.parameters(), *ds.parameters()], lr=tr["lr"], weight_decay=3e-5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / tr["steps"]) ** 0.9)
     sampler = PatchSampler(patch, tr["foreground_fraction"], rng)  # type: ignore[arg-type]
     next_case = 0
@@ -147,7 +176,7 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
         x = torch.stack([augment(b[0], rng) for b in batch])[:, None].to(device)
         y = torch.stack([b[1] for b in batch]).to(device)
         net.train()
-        loss = dice_ce_loss(net(x), y)
+        loss = ds.loss(net, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
@@ -169,6 +198,7 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
         "patch_size": list(patch),
         "phantoms_generated": next_case,
         "seconds": round(seconds, 1),
+        "deep_supervision_levels": ds.levels,
         "final_loss": round(float(np.mean(losses[-50:])), 4),
         "parameters": count_parameters(net),
         "inference_patch_size": cfg["input"]["patch_size"],
