@@ -38,6 +38,21 @@ def table(scores, organs) -> dict:
     return {o: {"dsc": float(np.nanmean([s.dsc[o] for s in ok])), "nsd": float(np.nanmean([s.nsd[o] for s in ok]))} for o in organs}
 
 
+def markdown(result: dict) -> str:
+    """The model card's tables, straight from the measured figures."""
+    ph = result["phantoms"]
+    lines = ["| organ | DSC | NSD |", "|---|---|---|"]
+    lines += [f"| {o} | {ph[o]['dsc']:.3f} | {ph[o]['nsd']:.3f} |" for o in [*ORGANS, "Lesion"]]
+    lines += [f"| **organ mean** | **{ph['organ_mean']['dsc']:.3f}** | **{ph['organ_mean']['nsd']:.3f}** |", ""]
+    lines += ["| real scan | organ: DSC / NSD |", "|---|---|"]
+    for name, organs in result["real"].items():
+        lines.append(f"| {name.split('.')[0]} | " + ", ".join(f"{o} {v['dsc']:.3f} / {v['nsd']:.3f}" for o, v in organs.items()) + " |")
+    lines += ["", "| case | read | coarse | roi | fine | cleanup | write | total (s) | ROI share |", "|---|---|---|---|---|---|---|---|---|"]
+    for t in result["timings"]:
+        lines.append(f"| {t['case']} | " + " | ".join(f"{t[k]:.2f}" for k in ("read", "coarse", "roi", "fine", "cleanup", "write", "total")) + f" | {t.get('roi_fraction', 1.0):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, default=Path("weights"))
@@ -60,6 +75,7 @@ def main() -> None:
     result["real"] = real
     result["timings"] = [json.loads(line) for line in (args.out / "timings.jsonl").read_text().splitlines()]
     (args.out / "evaluation.json").write_text(json.dumps(result, indent=1))
+    (args.out / "evaluation.md").write_text(markdown(result))
     print(json.dumps({"phantom organ mean": result["phantoms"]["organ_mean"]}, indent=1))
     for o in [*ORGANS, "Lesion"]:
         print(f"{o:<12} DSC {result['phantoms'][o]['dsc']:.4f}  NSD {result['phantoms'][o]['nsd']:.4f}")
