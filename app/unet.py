@@ -7,7 +7,8 @@ allowed per stage.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -137,20 +138,22 @@ class UNet3D(nn.Module):
         self.decoder = _Decoder(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder.seg(self.decoder_features(x)[-1])
+        finest = deque(self._decode(x), maxlen=1)[0]  # coarser stages are freed as decoding goes on
+        return self.decoder.seg(finest)
 
     def decoder_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each decoder stage's output, coarsest first; training attaches deep-supervision heads here."""
+        return list(self._decode(x))
+
+    def _decode(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         skips = []
         for stage in self.encoder.stages:
             x = stage(x)
             skips.append(x)
         x = skips.pop()
-        out = []
         for up, stage in zip(self.decoder.transpconvs, self.decoder.stages):
             x = stage(torch.cat([up(x), skips.pop()], dim=1))
-            out.append(x)
-        return out
+            yield x
 
 
 def count_parameters(model: nn.Module) -> int:
