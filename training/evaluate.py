@@ -67,10 +67,11 @@ def main() -> None:
     ph_scores = score_folder(args.out / "phantom_masks", args.out / "phantoms" / "labels", "flare23", workers=2, progress=False)
     result = {"phantoms": table(ph_scores, [*ORGANS, "Lesion"])}
     result["phantoms"]["organ_mean"] = {k: float(np.mean([result["phantoms"][o][k] for o in ORGANS])) for k in ("dsc", "nsd")}
-    predict_folder(SHARED / "images", args.out / "real_masks", Options(weights=args.weights, device="cpu", timings=args.out / "timings.jsonl"))
+    predict_folder(SHARED / "images", args.out / "real_masks", opts)
+    present = {name: case["labels_present"] for name, case in json.loads((SHARED / "labels_source.json").read_text())["cases"].items()}
     real = {}
     for s in score_folder(args.out / "real_masks", SHARED / "labels", "flare22", workers=2, progress=False):
-        gt = json.loads((SHARED / "labels_source.json").read_text())["cases"][s.name.split(".")[0]]["labels_present"]
+        gt = present[s.name.split(".")[0]]
         real[s.name] = {ORGANS[i - 1]: {"dsc": round(s.dsc[ORGANS[i - 1]], 4), "nsd": round(s.nsd[ORGANS[i - 1]], 4)} for i in gt}
     result["real"] = real
     result["timings"] = [json.loads(line) for line in (args.out / "timings.jsonl").read_text().splitlines()]
