@@ -166,6 +166,7 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
         sampler.add(*training_volume([seed, next_case], role, cfg, recipe["intensity"]))
         next_case += 1
     print(f"[{role}] pool of {tr['pool']} phantoms in {time.time() - t0:.0f} s; {count_parameters(net) / 1e6:.2f} M parameters", flush=True)
+    config = {"role": role, "input": cfg["input"], "intensity": recipe["intensity"], "labels": label_names(cfg)}
     losses = []
     t_train = time.time()
     for step in range(tr["steps"]):
@@ -186,10 +187,9 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
         if step % 25 == 0 or step == tr["steps"] - 1:
             print(f"[{role}] step {step + 1}/{tr['steps']} loss {np.mean(losses[-25:]):.3f} ({time.time() - t_train:.0f} s)", flush=True)
         if (step + 1) % tr.get("checkpoint_every", 100) == 0:  # a usable folder even if the run is cut short
-            save_model(out / "checkpoints" / f"{role}.step{step + 1}", net, {"role": role, "input": cfg["input"], "intensity": recipe["intensity"], "labels": label_names(cfg)})
+            save_model(out / "checkpoints" / f"{role}.step{step + 1}", net, config)
     net.eval().cpu()
     seconds = time.time() - t0
-    config = {"role": role, "input": cfg["input"], "intensity": recipe["intensity"], "labels": label_names(cfg)}
     save_model(out / role, net, config)
     log = {
         "role": role,
