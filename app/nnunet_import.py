@@ -96,25 +96,30 @@ def unet_config(cfg: dict, num_classes: int) -> UNetConfig:
     kw = cfg["architecture"]["arch_kwargs"]
     n = int(kw["n_stages"])
 
-    def per_stage(v: Any) -> list:
-        return list(v) if isinstance(v, (list, tuple)) else [v] * n
+    def per_stage(v: Any, count: int = n) -> list:  # nnU-Net allows one value for every stage
+        return list(v) if isinstance(v, (list, tuple)) else [v] * count
 
-    return UNetConfig(
-        features=[int(f) for f in per_stage(kw["features_per_stage"])],
-        strides=[tuple(int(x) for x in (s if isinstance(s, (list, tuple)) else [s] * 3)) for s in per_stage(kw["strides"])],
-        kernel_sizes=[tuple(int(x) for x in (k if isinstance(k, (list, tuple)) else [k] * 3)) for k in per_stage(kw["kernel_sizes"])],
-        num_classes=num_classes,
-        in_channels=1,
-        n_conv_per_stage=[int(c) for c in per_stage(kw["n_conv_per_stage"])],
-        n_conv_per_stage_decoder=[int(c) for c in (kw["n_conv_per_stage_decoder"] if isinstance(kw["n_conv_per_stage_decoder"], (list, tuple)) else [kw["n_conv_per_stage_decoder"]] * (n - 1))],
-    )
+    return UNetConfig.from_dict({  # from_dict turns scalar strides and kernels into triples
+        "features": per_stage(kw["features_per_stage"]),
+        "strides": per_stage(kw["strides"]),
+        "kernel_sizes": per_stage(kw["kernel_sizes"]),
+        "num_classes": num_classes,
+        "in_channels": 1,
+        "n_conv_per_stage": per_stage(kw["n_conv_per_stage"]),
+        "n_conv_per_stage_decoder": per_stage(kw["n_conv_per_stage_decoder"], n - 1),
+    })
+
+
+def _plain_name(key: str) -> str:
+    """A tensor name without the prefixes DDP (``module.``) and torch.compile (``_orig_mod.``) add."""
+    return re.sub(r"^(module\.|_orig_mod\.)+", "", key)
 
 
 def convert_state_dict(state: dict[str, torch.Tensor], n_decoder_stages: int) -> dict[str, torch.Tensor]:
     """nnU-Net PlainConvUNet tensor names -> UNet3D names (deep-supervision heads dropped)."""
     out = {}
     for key, value in state.items():
-        key = re.sub(r"^(module\.|_orig_mod\.)+", "", key)
+        key = _plain_name(key)
         if ".all_modules." in key or key.startswith("decoder.encoder."):
             continue  # aliases of the same tensors
         m = re.fullmatch(r"encoder\.stages\.(\d+)\.0\.convs\.(\d+)\.(conv|norm)\.(weight|bias)", key)
@@ -161,7 +166,7 @@ def _reference_logits(cfg: dict, num_classes: int, state: dict, x: torch.Tensor)
     kw.update(conv_op=torch.nn.Conv3d, norm_op=torch.nn.InstanceNorm3d, dropout_op=None, nonlin=torch.nn.LeakyReLU)
     net = PlainConvUNet(input_channels=1, num_classes=num_classes, deep_supervision=False, **kw)
     try:
-        net.load_state_dict({re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in state.items()})
+        net.load_state_dict({_plain_name(k): v for k, v in state.items()})
     except RuntimeError as e:
         raise ImportErrorNnunet(f"checkpoint does not fit the plans' architecture ({str(e).splitlines()[0]})") from None
     with torch.inference_mode():
