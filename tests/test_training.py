@@ -26,8 +26,34 @@ def test_a_short_run_of_each_role_writes_loadable_weights(tmp_path):
         spec = read_spec(tmp_path / role, role)
         assert len(spec.labels) == (2 if role == "coarse" else 15)
         load_model(spec, torch.device("cpu"))
-        assert (tmp_path / "checkpoints" / f"{role}.step2" / "model.safetensors").is_file()
+        assert (tmp_path / "checkpoints" / f"{role}.seed{log['seed']}.step2" / "model.safetensors").is_file()
+        assert (tmp_path / "checkpoints" / f"{role}.cycle1" / "model.safetensors").is_file()
         assert json.loads((tmp_path / role / "training_log.json").read_text())["parameters"] > 0
+
+
+def test_warm_restart_cycles_resume_to_the_same_tensors(tmp_path):
+    """A finished cycle's checkpoint stands in for re-running it: resumed and uninterrupted runs agree."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    recipe = json.loads(RECIPE.read_text())
+    cfg = recipe["fine"]
+    cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
+    cfg["train"].update(steps=[2, 3], pool=1, batch=1, checkpoint_every=100, refresh_every=1)
+    cfg["train"]["patch_size"] = [16, 32, 32]
+    full = train_role("fine", cfg, recipe, tmp_path / "full", torch.device("cpu"))
+    assert full["steps"] == 5 and [c["steps"] for c in full["cycles"]] == [2, 3]
+    assert full["cycles"][1]["seed"] != full["cycles"][0]["seed"]
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "fine.cycle1", tmp_path / "resumed" / "checkpoints" / "fine.cycle1")
+    resumed = train_role("fine", cfg, recipe, tmp_path / "resumed", torch.device("cpu"), resume=True)
+    assert "resumed_from" in resumed["cycles"][0] and "resumed_from" not in resumed["cycles"][1]
+    a = load_file(tmp_path / "full" / "fine" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "fine" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cycle1 = load_file(tmp_path / "full" / "checkpoints" / "fine.cycle1" / "model.safetensors")
+    assert not all(torch.equal(a[k], cycle1[k]) for k in a)  # the second cycle did train
 
 
 def test_deep_supervision_heads_train_and_are_not_shipped(tmp_path):

@@ -148,28 +148,35 @@ class DeepSupervision(torch.nn.Module):
         return total
 
 
-def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.device) -> dict:
-    seed = recipe["seed"] + (0 if role == "coarse" else 1000)
-    torch.manual_seed(seed)
+def cycle_lengths(tr: dict) -> list[int]:
+    """``steps`` is one cycle's length or a list of warm-restart cycles (SGDR-style)."""
+    steps = tr["steps"]
+    return [int(steps)] if isinstance(steps, int) else [int(s) for s in steps]
+
+
+def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, seed: int, steps: int, out: Path, device: torch.device) -> dict:
+    """One cycle: fresh optimiser, poly learning rate over ``steps``, fresh phantom pool from ``seed``.
+
+    A cycle depends only on the weights it starts from and its seed, so a finished cycle's
+    checkpoint can stand in for re-running it.
+    """
     rng = np.random.default_rng(seed)
     tr = cfg["train"]
     patch = tuple(tr.get("patch_size", cfg["input"]["patch_size"]))
-    ucfg = UNetConfig.from_dict({**cfg["architecture"], "num_classes": len(label_names(cfg))})
-    net = UNet3D(ucfg).to(device)
     ds = DeepSupervision(net, tr.get("deep_supervision", 0)).to(device)
     opt = torch.optim.AdamW([*net.parameters(), *ds.parameters()], lr=tr["lr"], weight_decay=3e-5)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / tr["steps"]) ** 0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / steps) ** 0.9)
     sampler = PatchSampler(patch, tr["foreground_fraction"], rng)  # type: ignore[arg-type]
     next_case = 0
     t0 = time.time()
     for _ in range(tr["pool"]):
         sampler.add(*training_volume([seed, next_case], role, cfg, recipe["intensity"]))
         next_case += 1
-    print(f"[{role}] pool of {tr['pool']} phantoms in {time.time() - t0:.0f} s; {count_parameters(net) / 1e6:.2f} M parameters", flush=True)
+    print(f"[{role}] seed {seed}: pool of {tr['pool']} phantoms in {time.time() - t0:.0f} s", flush=True)
     config = {"role": role, "input": cfg["input"], "intensity": recipe["intensity"], "labels": label_names(cfg)}
     losses = []
     t_train = time.time()
-    for step in range(tr["steps"]):
+    for step in range(steps):
         if step and step % tr["refresh_every"] == 0:
             sampler.add(*training_volume([seed, next_case], role, cfg, recipe["intensity"]), slot=next_case % tr["pool"])
             next_case += 1
@@ -184,31 +191,68 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
-        if step % 25 == 0 or step == tr["steps"] - 1:
-            print(f"[{role}] step {step + 1}/{tr['steps']} loss {np.mean(losses[-25:]):.3f} ({time.time() - t_train:.0f} s)", flush=True)
+        if step % 25 == 0 or step == steps - 1:
+            print(f"[{role}] step {step + 1}/{steps} loss {np.mean(losses[-25:]):.3f} ({time.time() - t_train:.0f} s)", flush=True)
         if (step + 1) % tr.get("checkpoint_every", 100) == 0:  # a usable folder even if the run is cut short
-            save_model(out / "checkpoints" / f"{role}.step{step + 1}", net, config)
+            save_model(out / "checkpoints" / f"{role}.seed{seed}.step{step + 1}", net, config)
+    return {
+        "seed": seed,
+        "steps": steps,
+        "phantoms_generated": next_case,
+        "seconds": round(time.time() - t0, 1),
+        "final_loss": round(float(np.mean(losses[-50:])), 4),
+        "deep_supervision_levels": ds.levels,
+    }
+
+
+def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.device, resume: bool = False) -> dict:
+    """Every cycle of one role; with ``resume``, cycles whose checkpoint exists in ``out`` are loaded."""
+    from safetensors.torch import load_file
+
+    base = recipe["seed"] + (0 if role == "coarse" else 1000)
+    torch.manual_seed(base)
+    tr = cfg["train"]
+    ucfg = UNetConfig.from_dict({**cfg["architecture"], "num_classes": len(label_names(cfg))})
+    net = UNet3D(ucfg).to(device)
+    print(f"[{role}] {count_parameters(net) / 1e6:.2f} M parameters", flush=True)
+    config = {"role": role, "input": cfg["input"], "intensity": recipe["intensity"], "labels": label_names(cfg)}
+    cycles = []
+    for k, steps in enumerate(cycle_lengths(tr)):
+        seed = base + 10 * k  # cycle 0 keeps the single-cycle recipe's seed
+        done = out / "checkpoints" / f"{role}.cycle{k + 1}"
+        if resume and (done / "model.safetensors").exists():
+            net.load_state_dict(load_file(str(done / "model.safetensors"), device=str(device)))
+            log = json.loads((done / "cycle_log.json").read_text()) if (done / "cycle_log.json").exists() else {"seed": seed, "steps": steps}
+            cycles.append({**log, "resumed_from": str(done)})
+            print(f"[{role}] cycle {k + 1} loaded from {done}", flush=True)
+            continue
+        if k:  # cycle 0 draws from the stream seeded before the network was built
+            torch.manual_seed(seed)
+        log = train_cycle(net, role, cfg, recipe, seed, steps, out, device)
+        save_model(done, net, config)
+        (done / "cycle_log.json").write_text(json.dumps(log, indent=1) + "\n")
+        cycles.append(log)
     net.eval().cpu()
-    seconds = time.time() - t0
     save_model(out / role, net, config)
-    log = {
+    patch = tuple(tr.get("patch_size", cfg["input"]["patch_size"]))
+    summary = {
         "role": role,
-        "steps": tr["steps"],
+        "steps": sum(c["steps"] for c in cycles),
+        "cycles": cycles,
         "batch": tr["batch"],
         "patch_size": list(patch),
-        "phantoms_generated": next_case,
-        "seconds": round(seconds, 1),
-        "deep_supervision_levels": ds.levels,
-        "final_loss": round(float(np.mean(losses[-50:])), 4),
+        "phantoms_generated": sum(c.get("phantoms_generated", 0) for c in cycles),
+        "seconds": round(sum(c.get("seconds", 0.0) for c in cycles), 1),
+        "final_loss": cycles[-1].get("final_loss"),
         "parameters": count_parameters(net),
         "inference_patch_size": cfg["input"]["patch_size"],
         "gmac_per_inference_patch": round(count_macs(net, tuple(cfg["input"]["patch_size"])) / 1e9, 2),
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
-        "seed": seed,
+        "seed": base,
     }
-    (out / role / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
-    return log
+    (out / role / "training_log.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -217,14 +261,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("weights"))
     ap.add_argument("--role", choices=("coarse", "fine", "both"), default="both")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--steps", type=int, default=None, help="override the step count (for quick checks)")
+    ap.add_argument("--steps", type=int, default=None, help="override the step count with one cycle (for quick checks)")
+    ap.add_argument("--resume", action="store_true", help="load the cycles already finished in OUT/checkpoints instead of re-running them")
     args = ap.parse_args(argv)
     recipe = json.loads(args.config.read_text())
     for role in ("coarse", "fine") if args.role == "both" else (args.role,):
         cfg = recipe[role]
         if args.steps:
             cfg["train"]["steps"] = args.steps
-        print(json.dumps(train_role(role, cfg, recipe, args.out, torch.device(args.device))), flush=True)
+        print(json.dumps(train_role(role, cfg, recipe, args.out, torch.device(args.device), args.resume)), flush=True)
 
 
 if __name__ == "__main__":
