@@ -5,7 +5,10 @@ engine's own resampling (trilinear images, nearest labels), so the networks see 
 feeds them. Seeds are fixed in the config: the same config, package versions and thread count
 reproduce the shipped tensors.
 
-    python -m training.train --config training/config.json --out weights [--role coarse|fine|both] [--device cpu|cuda]
+    python -m training.train --config training/config.json --out weights [--role coarse|fine|both] [--device cpu|cuda] [--resume]
+
+``--resume`` loads the warm-restart cycles already finished in ``OUT/checkpoints/`` (a cycle depends
+only on the weights it starts from and its seed, so this equals re-running them).
 """
 
 from __future__ import annotations
@@ -154,7 +157,7 @@ def cycle_lengths(tr: dict) -> list[int]:
     return [int(steps)] if isinstance(steps, int) else [int(s) for s in steps]
 
 
-def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, seed: int, steps: int, out: Path, device: torch.device) -> dict:
+def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, config: dict, seed: int, steps: int, out: Path, device: torch.device) -> dict:
     """One cycle: fresh optimiser, poly learning rate over ``steps``, fresh phantom pool from ``seed``.
 
     A cycle depends only on the weights it starts from and its seed, so a finished cycle's
@@ -173,7 +176,6 @@ def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, seed: int, step
         sampler.add(*training_volume([seed, next_case], role, cfg, recipe["intensity"]))
         next_case += 1
     print(f"[{role}] seed {seed}: pool of {tr['pool']} phantoms in {time.time() - t0:.0f} s", flush=True)
-    config = {"role": role, "input": cfg["input"], "intensity": recipe["intensity"], "labels": label_names(cfg)}
     losses = []
     t_train = time.time()
     for step in range(steps):
@@ -223,12 +225,12 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
         if resume and (done / "model.safetensors").exists():
             net.load_state_dict(load_file(str(done / "model.safetensors"), device=str(device)))
             log = json.loads((done / "cycle_log.json").read_text()) if (done / "cycle_log.json").exists() else {"seed": seed, "steps": steps}
-            cycles.append({**log, "resumed_from": str(done)})
+            cycles.append({**log, "resumed_from": done.relative_to(out).as_posix()})
             print(f"[{role}] cycle {k + 1} loaded from {done}", flush=True)
             continue
         if k:  # cycle 0 draws from the stream seeded before the network was built
             torch.manual_seed(seed)
-        log = train_cycle(net, role, cfg, recipe, seed, steps, out, device)
+        log = train_cycle(net, role, cfg, recipe, config, seed, steps, out, device)
         save_model(done, net, config)
         (done / "cycle_log.json").write_text(json.dumps(log, indent=1) + "\n")
         cycles.append(log)
