@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp32", action="store_true", help="run FP32 on CUDA too (FP16 is the default there)")
     p.add_argument("--timings", type=Path, default=None, help="append per-case stage timings here as JSON lines")
     p.add_argument("--margin-mm", type=float, default=20.0, help="safety margin around the coarse ROI (default 20 mm)")
+    p.add_argument("--roi-gap-mm", type=float, default=60.0,
+                   help="coarse blobs farther than this from the main organ cluster are left out of the ROI (default 60 mm; inf keeps all)")
     p.add_argument("--upsample", choices=("logits", "labels"), default="logits", help="how fine predictions return to the scan grid")
     p.add_argument("--keep-largest", type=_labels_arg, default=tuple(range(1, 14)), metavar="LABELS",
                    help="labels reduced to their largest connected component: organs (default, 1-13), all, none, or 1,2,3")
@@ -84,6 +86,7 @@ def _predict(args: argparse.Namespace) -> int:
         device=args.device,
         half=not args.fp32,
         margin_mm=args.margin_mm,
+        roi_gap_mm=args.roi_gap_mm,
         upsample=args.upsample,
         keep_largest=args.keep_largest,
         use_roi=not args.no_roi,

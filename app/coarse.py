@@ -22,16 +22,40 @@ def coarse_labels(model: Model, image: torch.Tensor, spacing: tuple[float, float
 MIN_BLOB_ML = 2.0  # coarse blobs smaller than this are specks, not organs (an adrenal is about 5 mL)
 
 
-def roi_box(coarse: np.ndarray, full_shape: tuple[int, ...], spacing: tuple[float, ...], margin_mm: float) -> Box | None:
+def organ_cluster(mask: np.ndarray, spacing: tuple[float, ...], min_voxels: int, max_gap_mm: float) -> np.ndarray:
+    """The largest blob of ``mask`` plus every blob within ``max_gap_mm`` of what is kept, grown until stable.
+
+    Why: on whole-body scans a coarse model may also fire far from the abdomen (a brain is soft
+    tissue inside bone); a box around everything would then run to the head and hand the fine
+    model anatomy it never saw. Organs of the abdomen touch or nearly touch, so they chain together.
+    """
+    from scipy import ndimage
+
+    blobs, n = cc3d.connected_components(np.ascontiguousarray(mask), connectivity=26, return_N=True)
+    sizes = np.bincount(blobs.ravel(), minlength=n + 1)
+    candidates = [i for i in range(1, n + 1) if sizes[i] >= min_voxels]
+    if not candidates:
+        return np.zeros(mask.shape, bool)
+    kept = {max(candidates, key=lambda i: sizes[i])}
+    while True:
+        distance = ndimage.distance_transform_edt(~np.isin(blobs, list(kept)), sampling=spacing)
+        rest = [i for i in candidates if i not in kept]
+        near = {i for i, d in zip(rest, ndimage.minimum(distance, blobs, rest) if rest else []) if d <= max_gap_mm}
+        if not near:
+            return np.isin(blobs, list(kept))
+        kept |= near
+
+
+def roi_box(coarse: np.ndarray, full_shape: tuple[int, ...], spacing: tuple[float, ...], margin_mm: float, max_gap_mm: float) -> Box | None:
     """Box around the coarse organs, mapped to the full grid and grown by ``margin_mm``.
 
-    Connected blobs of the organ union under ``MIN_BLOB_ML`` are dropped first so stray voxels
-    don't widen the box; works for multi-organ and binary (foreground) coarse models alike.
-    None when the coarse model found nothing.
+    Specks under ``MIN_BLOB_ML`` are ignored, and so are blobs farther than ``max_gap_mm`` from the
+    main organ cluster (see ``organ_cluster``); works for multi-organ and binary (foreground)
+    coarse models alike. None when the coarse model found nothing.
     """
-    coarse_voxel_mm3 = float(np.prod([s * n / c for s, n, c in zip(spacing, full_shape, coarse.shape)]))
-    organs = cc3d.dust(np.ascontiguousarray(coarse > 0), threshold=int(MIN_BLOB_ML * 1000 / coarse_voxel_mm3), connectivity=26)
-    box = bounding_box(organs)
+    coarse_spacing = tuple(s * n / c for s, n, c in zip(spacing, full_shape, coarse.shape))
+    min_voxels = int(MIN_BLOB_ML * 1000 / float(np.prod(coarse_spacing)))
+    box = bounding_box(organ_cluster(coarse > 0, coarse_spacing, max(min_voxels, 1), max_gap_mm))
     if box is None:
         return None
     return expand_box_mm(map_box(box, coarse.shape, full_shape), spacing, margin_mm, full_shape)

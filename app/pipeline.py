@@ -35,6 +35,7 @@ class Options:
     device: str = "auto"
     half: bool = True
     margin_mm: float = 20.0
+    roi_gap_mm: float = 60.0  # coarse blobs farther than this from the main organ cluster stay out of the ROI
     upsample: str = "logits"
     keep_largest: tuple[int, ...] | None = ORGANS  # None: every label
     use_roi: bool = True
@@ -207,10 +208,10 @@ class Engine:
 
         assert self.coarse is not None
         if self.coarse.spec.orientation == self.fine.spec.orientation:
-            return roi_box(coarse_labels(self.coarse, image, spacing), tuple(image.shape), spacing, self.options.margin_mm)
+            return roi_box(coarse_labels(self.coarse, image, spacing), tuple(image.shape), spacing, self.options.margin_mm, self.options.roi_gap_mm)
         c_array, c_spacing, c_layout = scan.layout(self.coarse.spec.orientation)
         c_image = self.torch.from_numpy(c_array).to(self.device)
-        c_box = roi_box(coarse_labels(self.coarse, c_image, c_spacing), c_array.shape, c_spacing, self.options.margin_mm)
+        c_box = roi_box(coarse_labels(self.coarse, c_image, c_spacing), c_array.shape, c_spacing, self.options.margin_mm, self.options.roi_gap_mm)
         if c_box is None:
             return None
         return layout.box_to_canonical(c_layout.box_from_canonical(c_box, c_array.shape), scan.stored.shape)

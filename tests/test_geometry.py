@@ -33,15 +33,28 @@ def test_roi_box_ignores_stray_voxels_and_adds_margin():
     coarse[4:6, 5:10, 5:10] = 1  # 50 mL of liver
     coarse[4:6, 10:15, 10:15] = 13  # touching kidney: one blob with the liver
     coarse[0, 19, 19] = 1  # a stray 1 mL voxel far away
-    box = roi_box(coarse, full_shape=(100, 200, 200), spacing=(0.5, 1.0, 2.0), margin_mm=3)
+    box = roi_box(coarse, full_shape=(100, 200, 200), spacing=(0.5, 1.0, 2.0), margin_mm=3, max_gap_mm=60)
     assert box == Box((34, 47, 48), (66, 153, 152))  # margin: 6 slices of 0.5 mm, 3 rows of 1 mm, 2 columns of 2 mm
-    assert roi_box(np.zeros((4, 4, 4), np.uint8), (8, 8, 8), (1.0, 1.0, 1.0), 20) is None
+    assert roi_box(np.zeros((4, 4, 4), np.uint8), (8, 8, 8), (1.0, 1.0, 1.0), 20, 60) is None
 
 
-def test_roi_box_of_a_binary_coarse_model_keeps_separate_organs():
-    coarse = np.zeros((20, 20, 20), np.uint8)  # 1 mL voxels
+def test_roi_box_of_a_binary_coarse_model_keeps_separate_organs_nearby():
+    coarse = np.zeros((20, 20, 20), np.uint8)  # 1 mL voxels of 10 mm
     coarse[2:6, 2:6, 2:6] = 255  # 64 mL
-    coarse[12:15, 14:17, 14:17] = 255  # 27 mL, separate: kept
+    coarse[9:12, 2:5, 2:5] = 255  # 27 mL, 40 mm away along z: kept
     coarse[18, 0, 18] = 255  # 1 mL speck: dropped
-    box = roi_box(coarse, full_shape=(20, 20, 20), spacing=(10.0, 10.0, 10.0), margin_mm=0)
-    assert box == Box((2, 2, 2), (15, 17, 17))
+    box = roi_box(coarse, full_shape=(20, 20, 20), spacing=(10.0, 10.0, 10.0), margin_mm=0, max_gap_mm=60)
+    assert box == Box((2, 2, 2), (12, 6, 6))
+
+
+def test_roi_box_leaves_out_blobs_far_from_the_organ_cluster():
+    """A whole-body scan where the coarse model also fires on the brain: the box stays on the abdomen."""
+    coarse = np.zeros((60, 10, 10), np.uint8)  # 10 mm voxels along z, 20 mm in-plane
+    coarse[10:20, 2:8, 2:8] = 1  # abdominal organs, 7.2 L
+    coarse[22:24, 4:6, 4:6] = 1  # a blob 30 mm above them: chained on
+    coarse[26:40, 4:5, 4:5] = 1  # a tube 20 mm above that: chained on too
+    coarse[50:58, 3:7, 3:7] = 1  # a brain, 100 mm above the tube: left out
+    spacing = (10.0, 20.0, 20.0)
+    assert roi_box(coarse, (60, 10, 10), spacing, margin_mm=0, max_gap_mm=60) == Box((10, 2, 2), (40, 8, 8))
+    assert roi_box(coarse, (60, 10, 10), spacing, margin_mm=0, max_gap_mm=float("inf")) == Box((10, 2, 2), (58, 8, 8))
+    assert roi_box(coarse, (60, 10, 10), spacing, margin_mm=0, max_gap_mm=10) == Box((10, 2, 2), (20, 8, 8))
