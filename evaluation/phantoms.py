@@ -135,6 +135,25 @@ def _organ(cv: _Canvas, shape, base_hu: float, label: int | None, texture: float
     return sl, mask
 
 
+FAT_PAD_MM = 4.0  # retroperitoneal fat between an adrenal and the liver it lies against
+
+
+def _fat_pad(cv: _Canvas, shape, width_mm: float) -> None:
+    """Fat around a shape, over the liver and unlabelled tissue only (kidneys and vessels stay).
+
+    Why: the right adrenal sits in a fat-filled recess behind the liver, not inside it; painted
+    straight into the liver it is invisible in phases where both enhance alike.
+    """
+    if shape is None:
+        return
+    from scipy import ndimage
+
+    sl, mask, _ = shape
+    ring = (ndimage.distance_transform_edt(~mask, sampling=cv.spacing) <= width_mm) & ~mask
+    ring &= np.isin(cv.labels[sl], (0, 1))
+    cv.paint(sl, ring, -95.0, 0)
+
+
 def _body(cv: _Canvas, a: float, b: float, fat: float, phase: int) -> None:
     """Body outline, fat, muscle wall, spine, ribs, lungs, heart, pelvis, bowel and table.
 
@@ -224,7 +243,9 @@ def _abdominal_organs(cv: _Canvas, a: float, b: float, phase: int, lesions: bool
     for side, lab, dz in ((-1, 2, -12), (1, 13, 0)):
         k = _organ(cv, _blob(cv, j((dz, sy * 0.75, side * a * 0.4), 5), scale((52, 26, 25)), wobble=0.08, tilt=20), hu["kidney"], lab, texture=12)
         organs["rk" if side < 0 else "lk"] = k
-        _organ(cv, _blob(cv, j((dz + 60, sy * 0.55, side * a * 0.3), 4), scale((18, 14, 6), 0.15), wobble=0.1, tilt=25), hu["adrenal"], 7 if side < 0 else 8, texture=3)
+        adrenal = _blob(cv, j((dz + 60, sy * 0.55, side * a * 0.3), 4), scale((18, 14, 6), 0.15), wobble=0.1, tilt=25)
+        _fat_pad(cv, adrenal, FAT_PAD_MM)
+        _organ(cv, adrenal, hu["adrenal"], 7 if side < 0 else 8, texture=3)
     # Stomach: wall plus fluid and a gas cap, all labelled stomach.
     stomach = _blob(cv, j((45, -b * 0.3, a * 0.3), 8), scale((55, 38, 42)), wobble=0.15)
     if stomach is not None:

@@ -54,6 +54,18 @@ def test_anatomy_layout(small):
     assert centre(10)[0] > liver[0]  # esophagus above
 
 
+def test_adrenals_lie_in_fat_not_inside_the_liver():
+    """Each adrenal is mostly bordered by fat: visible whatever the contrast phase."""
+    from scipy import ndimage
+
+    ph = generate([31337, 0], spacing=(0.8, 3.0), size=256)
+    for label in (7, 8):
+        adrenal = ph.labels == label
+        border = ndimage.binary_dilation(adrenal, iterations=1) & ~adrenal
+        assert np.mean(ph.labels[border] == 1) < 0.1  # little contact with the liver
+        assert np.median(ph.image[border]) < -40 < np.median(ph.image[adrenal])  # fat around soft tissue
+
+
 @pytest.mark.parametrize("fov", list(FOVS))
 def test_fields_of_view_and_slice_counts(fov):
     ph = generate(3, fov=fov, spacing=(3.0, 5.0), size=128, lesions=False)
