@@ -50,7 +50,7 @@ def test_roi_box_of_a_binary_coarse_model_keeps_separate_organs_nearby():
 def test_roi_box_leaves_out_blobs_far_from_the_organ_cluster():
     """A whole-body scan where the coarse model also fires on the brain: the box stays on the abdomen."""
     coarse = np.zeros((60, 10, 10), np.uint8)  # 10 mm voxels along z, 20 mm in-plane
-    coarse[10:20, 2:8, 2:8] = 1  # abdominal organs, 7.2 L
+    coarse[10:20, 2:8, 2:8] = 1  # abdominal organs, 1.4 L
     coarse[22:24, 4:6, 4:6] = 1  # a blob 30 mm above them: chained on
     coarse[26:40, 4:5, 4:5] = 1  # a tube 20 mm above that: chained on too
     coarse[50:58, 3:7, 3:7] = 1  # a brain, 100 mm above the tube: left out
