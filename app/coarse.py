@@ -33,17 +33,19 @@ def organ_cluster(mask: np.ndarray, spacing: tuple[float, ...], min_voxels: int,
 
     blobs, n = cc3d.connected_components(np.ascontiguousarray(mask), connectivity=26, return_N=True)
     sizes = np.bincount(blobs.ravel(), minlength=n + 1)
-    candidates = [i for i in range(1, n + 1) if sizes[i] >= min_voxels]
-    if not candidates:
+    rest = [i for i in range(1, n + 1) if sizes[i] >= min_voxels]
+    if not rest:
         return np.zeros(mask.shape, bool)
-    kept = {max(candidates, key=lambda i: sizes[i])}
-    while True:
-        distance = ndimage.distance_transform_edt(~np.isin(blobs, list(kept)), sampling=spacing)
-        rest = [i for i in candidates if i not in kept]
-        near = {i for i, d in zip(rest, ndimage.minimum(distance, blobs, rest) if rest else []) if d <= max_gap_mm}
+    largest = max(rest, key=lambda i: sizes[i])
+    kept, rest = blobs == largest, [i for i in rest if i != largest]
+    while rest:
+        distance = ndimage.distance_transform_edt(~kept, sampling=spacing)
+        near = [i for i, d in zip(rest, ndimage.minimum(distance, blobs, rest)) if d <= max_gap_mm]
         if not near:
-            return np.isin(blobs, list(kept))
-        kept |= near
+            break
+        kept |= np.isin(blobs, near)
+        rest = [i for i in rest if i not in near]
+    return kept
 
 
 def roi_box(coarse: np.ndarray, full_shape: tuple[int, ...], spacing: tuple[float, ...], margin_mm: float, max_gap_mm: float) -> Box | None:
