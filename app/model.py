@@ -46,8 +46,12 @@ class Model:
         return resampled_shape(shape, spacing, self.spec.spacing)  # type: ignore[arg-type, return-value]
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        """Clip to the model's window, then z-score, in the model's dtype on its device."""
-        x = image.to(device=self.device, dtype=self.dtype)
+        """Clip to the model's window, then z-score, in the model's dtype on its device.
+
+        Always a new tensor: ``image`` is the scan both stages read (a float32 scan already has the
+        model's dtype, and ``.to`` would hand back the same storage for the in-place ops to ruin).
+        """
+        x = image.to(device=self.device, dtype=self.dtype, copy=True)
         lo, hi = self.spec.clip
         return x.clamp_(lo, hi).sub_(self.spec.mean).div_(self.spec.std)
 

@@ -77,6 +77,30 @@ def test_timings_are_logged_and_written(real_run):
     assert proc.stderr.count("read ") >= 3 and "total" in proc.stderr
 
 
+def test_scan_dtype_does_not_change_the_mask(weights, tmp_path):
+    """The same real scan stored as int16, float32, float64 and with NaN voxels gets the same mask."""
+    src = sitk.ReadImage(str(REAL_CASES[-1]))  # TS_example_sm, int16 HU
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for name, pixel in (("i16", sitk.sitkInt16), ("f32", sitk.sitkFloat32), ("f64", sitk.sitkFloat64)):
+        sitk.WriteImage(sitk.Cast(src, pixel), str(inp / f"{name}_0000.nii.gz"))
+    arr = sitk.GetArrayFromImage(src).astype(np.float32)
+    nan = np.zeros(arr.shape, bool)
+    nan[:, :4, :4] = True  # a corner of air: NaN becomes the scan minimum there, and both clip to the models' -1000
+    assert (arr[nan] <= -1000).all() and arr.min() <= -1000
+    arr[nan] = np.nan
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(src)
+    sitk.WriteImage(img, str(inp / "nan_0000.nii.gz"))
+    results = predict_folder(inp, tmp_path / "out", _opts(weights))
+    assert all(r.ok for r in results)
+    masks = {r.name[:-12]: sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / f"{r.name[:-12]}.nii.gz"))) for r in results}
+    assert masks["i16"].any()
+    for name in ("f32", "f64"):
+        assert np.array_equal(masks[name], masks["i16"]), name
+    assert np.array_equal(masks["nan"][~nan], masks["i16"][~nan])
+
+
 def _reoriented(img: sitk.Image, code: str) -> sitk.Image:
     return sitk.DICOMOrient(img, code)
 

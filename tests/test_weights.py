@@ -77,3 +77,15 @@ def test_label_names_in_other_spellings():
     assert flare_id("Inferior Vena Cava") == 6
     assert flare_id("adrenal_gland_right") == 7
     assert flare_id("brain") is None
+
+
+@pytest.mark.parametrize("dtype", [torch.int16, torch.float32])
+def test_normalize_never_changes_the_scan_it_reads(weights, dtype):
+    """Both stages normalise the same scan; a float32 scan must not come back clipped and scaled."""
+    model = load_model(read_spec(weights / "fine", "fine"), torch.device("cpu"))
+    scan = torch.tensor([[[-3000, -1000, 0, 40, 3000]]], dtype=dtype)
+    before = scan.clone()
+    out = model.normalize(scan)
+    assert torch.equal(scan, before)
+    assert out.dtype == torch.float32 and out.data_ptr() != scan.data_ptr()
+    assert torch.allclose(model.normalize(scan), out)
