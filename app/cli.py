@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-largest", type=_labels_arg, default=tuple(range(1, 14)), metavar="LABELS",
                    help="labels reduced to their largest connected component: organs (default, 1-13), all, none, or 1,2,3")
     p.add_argument("--no-roi", action="store_true", help="skip the coarse model; run the fine model over the whole scan")
+    p.add_argument("--preview", nargs="?", type=Path, const=True, default=None, metavar="DIR",
+                   help="also write CASE.png (three views, mask over the scan, legend) beside each mask, or into DIR")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines or bar (the per-case summary line stays)")
     p.add_argument("-v", "--verbose", action="store_true")
 
     imp = sub.add_parser("import-nnunet", help="convert an nnU-Net v2 results folder into a weights folder")
@@ -91,6 +94,8 @@ def _predict(args: argparse.Namespace) -> int:
         keep_largest=args.keep_largest,
         use_roi=not args.no_roi,
         timings=args.timings,
+        progress=not args.quiet,
+        preview=args.output if args.preview is True else args.preview,
     )
     try:
         results = predict_folder(args.input, args.output, options)

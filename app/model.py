@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +83,8 @@ def build_network(spec: ModelSpec) -> nn.Module:
     for name in spec.files:
         net = UNet3D(cfg)
         path = spec.folder / name
+        if not os.access(path, os.R_OK):
+            raise WeightsError(f"{path}: cannot be read (permission denied for this user)")
         try:
             state = load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
@@ -108,8 +111,12 @@ def save_tensors(folder, net: torch.nn.Module, name: str = "model.safetensors") 
 
     from safetensors.torch import save_file
 
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(Path(folder) / name))
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(path))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # safetensors writes 0600; a container's unprivileged user must read it
 
 
 def save_model(folder, net: UNet3D, config: dict, name: str = "model.safetensors") -> None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import socket
 import struct
 import tempfile
+import time
 import zlib
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,13 +69,37 @@ def case_name(path: Path) -> str:
 
 
 def find_scans(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(NIfTI scans, other files) in a folder, sorted; hidden files are ignored."""
+    """(NIfTI scans, other files) in a folder, sorted; hidden files are ignored.
+
+    Every NIfTI-named entry counts as a scan, a broken link or an unreadable file too, so that
+    reading it reports why it cannot be segmented instead of dropping it without a word.
+    """
     scans, others = [], []
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file():
+        if p.name.startswith("."):
             continue
-        (scans if is_nifti(p) else others).append(p)
+        if is_nifti(p):
+            scans.append(p)
+        elif p.is_file():
+            others.append(p)
     return scans, others
+
+
+def output_collisions(scans: list[Path]) -> dict[Path, str]:
+    """Scans whose masks would land on the same file (``X.nii.gz`` and ``X_0000.nii.gz``), with the reason.
+
+    Neither is segmented: which one should win is the user's call, and a silent overwrite is not.
+    """
+    by_output: dict[str, list[Path]] = defaultdict(list)
+    for p in scans:
+        by_output[f"{case_name(p)}.nii.gz"].append(p)
+    reasons = {}
+    for out, group in by_output.items():
+        if len(group) > 1:
+            names = " and ".join(p.name for p in group)
+            for p in group:
+                reasons[p] = f"{names} would both be written as {out}; rename one of them"
+    return reasons
 
 
 def _one_line(err: Exception) -> str:
@@ -85,11 +113,13 @@ def _one_line(err: Exception) -> str:
 class RawHeader:
     """The few NIfTI-1/2 header fields needed to check a file before trusting ITK's reading."""
 
+    version: int  # 1 or 2 (NIfTI-1 or NIfTI-2)
     endian: str
     dims: tuple[int, ...]
     datatype: int
     bitpix: int
     vox_offset: int
+    pixdim: tuple[float, ...]  # voxel size per dimension, as stored (ITK reads 0 as 1 mm, without a word)
 
     @property
     def data_bytes(self) -> int:
@@ -99,8 +129,14 @@ class RawHeader:
 _FLOAT_TYPES = {16: "f4", 64: "f8"}
 
 
+def is_gzip(path: Path) -> bool:
+    """By the file's first bytes, not its name (an uncompressed file named .nii.gz reads fine in ITK)."""
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
 def _open(path: Path):
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
 
 
 def read_raw_header(path: Path) -> RawHeader | None:
@@ -114,17 +150,47 @@ def read_raw_header(path: Path) -> RawHeader | None:
         if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
             dim = struct.unpack(endian + "8h", head[40:56])
             datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
+            pixdim = struct.unpack(endian + "8f", head[76:108])
             vox = int(struct.unpack(endian + "f", head[108:112])[0])
+            version = 1
             break
         if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
             datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
             dim = struct.unpack(endian + "8q", head[16:80])
+            pixdim = struct.unpack(endian + "8d", head[104:168])
             vox = struct.unpack(endian + "q", head[168:176])[0]
+            version = 2
             break
     else:
         return None
     n = max(1, min(int(dim[0]), 7))
-    return RawHeader(endian, tuple(int(d) for d in dim[1 : n + 1]), int(datatype), int(bitpix), max(vox, 348))
+    dims, pix = tuple(int(d) for d in dim[1 : n + 1]), tuple(float(v) for v in pixdim[1 : n + 1])
+    return RawHeader(version, endian, dims, int(datatype), int(bitpix), max(vox, 348), pix)
+
+
+def check_spacing(header: RawHeader) -> None:
+    """Refuse a voxel size of 0 or below: ITK silently reads 0 as 1 mm and a negative one as a flip
+    that other readers (which follow the sform) do not make, so any mask would be at the wrong scale."""
+    for axis, size in zip("xyz", header.pixdim[:3]):
+        if not np.isfinite(size) or size <= 0:
+            raise ScanError(f"has voxel size {size:g} mm along {axis} in its header (pixdim); the scale of the scan is unknown")
+
+
+def check_readable(path: Path) -> None:
+    """Say why a scan cannot be opened: a broken link, a vanished file, or no permission."""
+    if path.is_symlink() and not path.exists():
+        raise ScanError(f"is a broken link (it points to {os.readlink(path)}, which does not exist)")
+    if not path.exists():
+        raise ScanError("no longer exists (removed while the run was going?)")
+    if not path.is_file():
+        raise ScanError("is not a file")
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise ScanError("cannot be opened: permission denied") from None
+    except OSError as e:
+        raise ScanError(f"cannot be opened ({e.strerror or e})") from None
 
 
 def check_complete(path: Path, header: RawHeader) -> None:
@@ -133,7 +199,7 @@ def check_complete(path: Path, header: RawHeader) -> None:
     For .nii.gz the gzip trailer stores the uncompressed size (mod 2**32): cheap, no decompression.
     """
     expected = header.vox_offset + header.data_bytes
-    if path.name.lower().endswith(".gz"):
+    if is_gzip(path):
         with open(path, "rb") as f:
             f.seek(-4, os.SEEK_END)
             isize = struct.unpack("<I", f.read(4))[0]
@@ -159,12 +225,20 @@ def read_scan(path: Path) -> Scan:
     """Read a CT scan and check it (truncation, dimensions, NaNs, Hounsfield range)."""
     import SimpleITK as sitk
 
+    check_readable(path)
     header = read_raw_header(path)
-    if header is not None:
-        check_complete(path, header)
+    if header is None:
+        raise ScanError("is empty (0 bytes)" if path.stat().st_size == 0 else "is not a NIfTI file (no NIfTI-1 or NIfTI-2 header)")
+    if is_gzip(path) and not path.name.lower().endswith(".gz"):
+        raise ScanError("is gzip-compressed but named .nii; rename it to .nii.gz")
+    if header.version == 2:
+        raise ScanError("is a NIfTI-2 file, which ITK (the reader used here) does not open; save it as NIfTI-1 (e.g. nibabel.Nifti1Image)")
+    check_complete(path, header)
+    check_spacing(header)
 
     try:
         reader = sitk.ImageFileReader()
+        reader.SetImageIO("NiftiImageIO")  # the name's case or a missing .gz must not make ITK guess
         reader.SetFileName(str(path))
         reader.ReadImageInformation()
         dim, ncomp, size = reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize()
@@ -191,7 +265,7 @@ def read_scan(path: Path) -> Scan:
     else:
         array = array.astype(np.float32, copy=True)
     del image
-    nonfinite = _nonfinite(path, header, array.shape) if header is not None else None
+    nonfinite = _nonfinite(path, header, array.shape)
     if nonfinite is not None:
         array[nonfinite] = np.nan
 
@@ -238,11 +312,20 @@ def write_mask(mask: np.ndarray, geometry: Geometry, path: Path) -> None:
     image.SetSpacing(geometry.spacing)
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.nii.gz", dir=path.parent)
+    write_atomically(path, lambda tmp: sitk.WriteImage(image, tmp, useCompression=True), suffix=".tmp.nii.gz")
+
+
+def write_atomically(path: Path, write: Callable[[str], None], suffix: str = ".tmp") -> None:
+    """``write(tmp)`` into a hidden temp file beside ``path``, then rename: a reader never sees half a file.
+
+    The temp name carries host and process id, so ``remove_stale_temps`` can tell a killed run's
+    leftover from a file another live run is writing.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        sitk.WriteImage(image, tmp, useCompression=True)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; masks get the usual permissions
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -255,11 +338,55 @@ def _umask() -> int:
     return mask
 
 
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+# .NAME.HOST-PID.RANDOM.tmp[.nii.gz]: who wrote a temp file, so a later run can tell a dead writer's leftover
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[^.]+\.tmp(\.nii\.gz)?$")
+STALE_TEMP_S = 600.0  # a temp file is written within seconds; one untouched this long has no writer left
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name}.{_HOST}-{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path, max_age_s: float = STALE_TEMP_S) -> list[Path]:
+    """Delete temp files that a killed run left in ``folder``; return what was removed.
+
+    A temp file of a process on this host is stale once that process is gone; one from another
+    host (or a container before this one, or an older version's unnamed one) once it is
+    ``max_age_s`` old. A live writer's file is
+    never touched, so runs sharing an output folder (shards) do not disturb each other.
+    """
+    removed = []
+    now = time.time()
+    for p in folder.iterdir():
+        m = _TEMP.match(p.name)
+        if not (m or (p.name.startswith(".") and p.name.endswith(".tmp.nii.gz"))) or not p.is_file():
+            continue
+        if m and m["host"] == _HOST:
+            stale = int(m["pid"]) != os.getpid() and not _alive(int(m["pid"]))
+        else:
+            stale = now - p.stat().st_mtime > max_age_s
+        if stale:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def check_writable(folder: Path) -> None:
     """Fail early, before any work, when the output folder cannot take files."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=_temp_prefix("write-test"), suffix=".tmp"):
             pass
     except OSError as e:
         raise ScanError(f"output folder {folder} is not writable ({e.strerror or e})") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from .geometry import Box, bounding_box, intersect
-from .nifti import Scan, ScanError, check_writable, find_scans, output_path, read_scan, write_mask
+from .nifti import Scan, ScanError, check_writable, find_scans, output_collisions, output_path, read_scan, remove_stale_temps, write_mask
 from .orientation import Orientation
+from .progress import Progress
 from .weights import ModelSpec, WeightsError, read_spec
 
 log = logging.getLogger("app")
@@ -40,6 +41,8 @@ class Options:
     keep_largest: tuple[int, ...] | None = ORGANS  # None: every label
     use_roi: bool = True
     timings: Path | None = None
+    progress: bool = True  # case i of N, stage and time left on stderr (off: --quiet)
+    preview: Path | None = None  # folder for one PNG per case (mask over the scan), or None
 
 
 @dataclass
@@ -51,15 +54,21 @@ class CaseResult:
     info: dict[str, object] = field(default_factory=dict)
 
 
+def _no_report(stage: str) -> None:
+    return None
+
+
 class Stopwatch:
     """Per-stage wall times; waits for the GPU before each reading so times are real."""
 
-    def __init__(self, sync: bool) -> None:
+    def __init__(self, sync: bool, on_stage: Callable[[str], None] = _no_report) -> None:
         self.sync = sync
+        self.on_stage = on_stage
         self.times: dict[str, float] = {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        self.on_stage(name)
         t0 = time.perf_counter()
         yield
         if self.sync:
@@ -86,6 +95,8 @@ def predict_folder(in_dir: Path, out_dir: Path, options: Options) -> list[CaseRe
     """Segment every scan in ``in_dir`` into ``out_dir``; one bad scan never stops the others."""
     if not in_dir.is_dir():
         raise SetupError(f"input folder {in_dir} does not exist")
+    if out_dir.resolve() == in_dir.resolve():
+        raise SetupError(f"output folder {out_dir} is the input folder: its masks would be read as scans by the next run; choose another output folder")
     scans, others = find_scans(in_dir)
     if others:
         log.warning("skipping %d file(s) that are not NIfTI: %s", len(others), ", ".join(p.name for p in others))
@@ -94,20 +105,35 @@ def predict_folder(in_dir: Path, out_dir: Path, options: Options) -> list[CaseRe
     try:
         check_writable(out_dir)
         coarse_spec, fine_spec = load_specs(options)
+        if options.preview is not None:
+            check_writable(options.preview)
     except (ScanError, WeightsError) as e:
         raise SetupError(str(e)) from None
+    removed = remove_stale_temps(out_dir)
+    if removed:
+        log.info("removed %d temporary file(s) left in %s by an interrupted run", len(removed), out_dir)
 
-    results: list[CaseResult] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader") as reader:
-        pending: Future = reader.submit(_timed_read, scans[0])  # overlaps reading with model loading
-        engine = Engine(coarse_spec, fine_spec, options)
-        for i, path in enumerate(scans):
-            current = pending
-            if i + 1 < len(scans):
-                pending = reader.submit(_timed_read, scans[i + 1])
-            results.append(engine.run_case(path, current, out_dir))
-    _log_summary(results)
-    return results
+    results = {p: _failed(p.name, reason) for p, reason in output_collisions(scans).items()}
+    todo = [p for p in scans if p not in results]
+    if todo:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader") as reader, Progress(len(todo), options.progress) as progress:
+            pending: Future = reader.submit(_timed_read, todo[0])  # overlaps reading with model loading
+            engine = Engine(coarse_spec, fine_spec, options)
+            for i, path in enumerate(todo):
+                current = pending
+                if i + 1 < len(todo):
+                    pending = reader.submit(_timed_read, todo[i + 1])
+                progress.start_case(i + 1, path.name)
+                results[path] = engine.run_case(path, current, out_dir, progress.stage)
+                progress.end_case()
+    ordered = [results[p] for p in scans]
+    _log_summary(ordered)
+    return ordered
+
+
+def _failed(name: str, reason: str) -> CaseResult:
+    log.error("%s: %s", name, reason)
+    return CaseResult(name, ok=False, error=reason)
 
 
 def _log_summary(results: list[CaseResult]) -> None:
@@ -135,21 +161,22 @@ class Engine:
         self.torch = torch
         log.info("models on %s (%s)", self.device, "fp16" if self.fine.dtype == torch.float16 else "fp32")
 
-    def run_case(self, path: Path, scan_future: Future, out_dir: Path) -> CaseResult:
+    def run_case(self, path: Path, scan_future: Future, out_dir: Path, on_stage: Callable[[str], None] = _no_report) -> CaseResult:
         name = path.name
+        on_stage("read")
         try:
             scan, read_s = scan_future.result()
         except ScanError as e:
-            return self._fail(name, str(e))
+            return _failed(name, str(e))
         except Exception as e:  # noqa: BLE001 - any reader failure is this case's failure only
-            return self._fail(name, f"cannot be read ({type(e).__name__}: {e})")
+            return _failed(name, f"cannot be read ({type(e).__name__}: {e})")
         for w in scan.warnings:
             log.warning("%s: %s", name, w)
         try:
-            result = self._segment(scan, out_dir)
+            result = self._segment(scan, out_dir, on_stage)
         except Exception as e:  # noqa: BLE001 - one bad scan never stops the others
             log.debug("traceback for %s", name, exc_info=True)
-            return self._fail(name, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            return _failed(name, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         result.timings = {"read": read_s, **result.timings}
         result.timings["total"] = sum(result.timings[s] for s in STAGES)
         log.info("%s: %s", name, ", ".join(f"{s} {result.timings[s]:.2f} s" for s in (*STAGES, "total")))
@@ -158,16 +185,12 @@ class Engine:
                 f.write(json.dumps({"case": name, **{k: round(v, 4) for k, v in result.timings.items()}, **result.info}) + "\n")
         return result
 
-    def _fail(self, name: str, reason: str) -> CaseResult:
-        log.error("%s: %s", name, reason)
-        return CaseResult(name, ok=False, error=reason)
-
-    def _segment(self, scan: Scan, out_dir: Path) -> CaseResult:
+    def _segment(self, scan: Scan, out_dir: Path, on_stage: Callable[[str], None] = _no_report) -> CaseResult:
         from .cleanup import keep_largest_components
         from .fine import segment_crop_with_fallback
 
         torch, opts, name = self.torch, self.options, scan.path.name
-        watch = Stopwatch(sync=self.device.type == "cuda")
+        watch = Stopwatch(sync=self.device.type == "cuda", on_stage=on_stage)
         with watch.stage("coarse"):
             array, spacing, layout = scan.layout(self.fine.spec.orientation)
             image = torch.from_numpy(array).to(self.device)
@@ -198,7 +221,10 @@ class Engine:
         if not found:
             log.warning("%s: the fine model found no organ; writing an empty mask", name)
         with watch.stage("write"):
-            write_mask(mask, scan.geometry, output_path(out_dir, scan.path))
+            out_path = output_path(out_dir, scan.path)
+            write_mask(mask, scan.geometry, out_path)
+            if opts.preview is not None:
+                _write_preview(scan, mask, opts.preview / out_path.name.replace(".nii.gz", ".png"))
         info = {"device": str(self.device), "roi_box": [list(box.start), list(box.stop)], "roi_fraction": round(float(np.prod(box.shape)) / float(np.prod(shape)), 4), "labels": found}
         return CaseResult(name, ok=True, timings=watch.times, info=info)
 
@@ -215,6 +241,14 @@ class Engine:
         if c_box is None:
             return None
         return layout.box_to_canonical(c_layout.box_from_canonical(c_box, c_array.shape), scan.stored.shape)
+
+
+def _write_preview(scan: Scan, mask: np.ndarray, path: Path) -> None:
+    """The preview PNG of a case, drawn in the canonical LPS layout whatever the model's layout."""
+    from .preview import write_preview
+
+    ct, spacing, layout = scan.layout("LPS")
+    write_preview(ct, np.ascontiguousarray(layout.to_canonical(mask)), spacing, path, scan.path.name)
 
 
 def _pick_device(name: str):  # -> torch.device

@@ -48,3 +48,23 @@ def write_image(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(img, str(path))
     return path
+
+
+def unprivileged() -> list[str]:
+    """Command prefix that runs a program as an ordinary user: ``nobody`` when the tests run as root
+    (as CI does), nothing otherwise. Permissions (read-only folders, unreadable files) hold only then."""
+    import os
+
+    if os.geteuid() != 0:
+        return []
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+
+
+def open_tmpdir(prefix: str) -> Path:
+    """A fresh folder under /tmp that an unprivileged user can enter (pytest's own are root-only)."""
+    import os
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(path, 0o755)
+    return path
