@@ -24,4 +24,7 @@ COPY app/ app/
 COPY weights/ weights/
 COPY predict.sh .
 
+# Unprivileged: uid 1000, the first user on most Linux hosts, so an outputs/ folder of theirs is
+# writable as mounted; for another owner, docker run --user "$(id -u):$(id -g)". Nothing else is written.
+USER 1000:1000
 CMD ["sh", "predict.sh"]

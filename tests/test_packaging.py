@@ -32,6 +32,13 @@ def test_dockerfile_holds_only_what_prediction_needs():
     assert "pytest" not in reqs and "nnunet" not in reqs.lower()
 
 
+def test_the_image_runs_as_an_unprivileged_user():
+    text = (REPO / "Dockerfile").read_text()
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert text.index("USER ") > text.rindex("COPY ")  # set after the files are in place, before CMD
+
+
 def test_predict_sh_reads_the_environment(tmp_path):
     text = (REPO / "predict.sh").read_text()
     assert 'INPUT_DIR="${INPUT_DIR:-/workspace/inputs}"' in text
