@@ -1,7 +1,7 @@
 """Fine stage: the ROI crop at the fine model's resolution -> labels on the crop's own grid.
 
 Upsampling back to the crop grid is either ``logits`` (trilinear on the logits, one channel at
-a time, then argmax) or ``labels`` (argmax on the fine grid, then nearest). See README
+a time, then argmax) or ``labels`` (argmax on the fine grid, then nearest). See benchmarks/README.md
 "Upsampling choice" for the measurement behind the default.
 """
 

@@ -85,7 +85,7 @@ def nsd(gt: np.ndarray, pred: np.ndarray, spacing: tuple[float, ...], tolerance:
     whole box; NSD only asks which surfels have a surfel of the other surface within the tolerance,
     which an exact nearest-neighbour query (scipy's cKDTree, float64) answers on the surfels alone.
     Same distances, same areas; on a 512x512x300 label map the whole case went from 17.6 s to
-    6.8 s with this change (README, benchmarks/metrics_speed.py).
+    6.8 s with this change (benchmarks/metrics_speed.py).
     """
     from scipy import ndimage
     from scipy.spatial import cKDTree
