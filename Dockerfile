@@ -14,13 +14,16 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
 
-COPY requirements.txt /tmp/requirements.txt
+COPY requirements.txt requirements-gpu.txt /tmp/
 RUN python3 -m venv /opt/venv \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+    && pip uninstall -y onnxruntime \
+    && pip install --no-cache-dir -r /tmp/requirements-gpu.txt \
+    && rm /tmp/requirements.txt /tmp/requirements-gpu.txt
 
 WORKDIR /workspace
 COPY app/ app/
+# the authoring tools (app/convert/: nnU-Net import, ONNX export) stay out: .dockerignore
 COPY weights/ weights/
 COPY predict.sh .
 

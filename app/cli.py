@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .labels import ORGANS
+
 log = logging.getLogger("app")
 
 
@@ -17,7 +19,7 @@ def _labels_arg(text: str) -> tuple[int, ...] | None:
     if text == "none":
         return ()
     if text == "organs":
-        return tuple(range(1, 14))
+        return ORGANS
     try:
         return tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
@@ -32,13 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="folder for the uint8 masks")
     p.add_argument("--weights", type=Path, default=None, help="folder holding coarse/ and fine/ (default: the shipped weights/)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    p.add_argument("--fp32", action="store_true", help="run FP32 on CUDA too (FP16 is the default there)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                   help="engine for the networks (default auto: the fastest measured for the device)")
+    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                   help="auto: FP16 on CUDA, FP32 on the CPU; bf16: OpenVINO on CPUs with BF16 instructions (faster, masks drift a little)")
+    p.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="same as --precision fp32")
     p.add_argument("--timings", type=Path, default=None, help="append per-case stage timings here as JSON lines")
     p.add_argument("--margin-mm", type=float, default=20.0, help="safety margin around the coarse ROI (default 20 mm)")
     p.add_argument("--roi-gap-mm", type=float, default=60.0,
                    help="coarse blobs farther than this from the main organ cluster are left out of the ROI (default 60 mm; inf keeps all)")
+    p.add_argument("--tiling", choices=("model", "sliding", "whole"), default="model",
+                   help="fine stage: the model's setting (default), nnU-Net's overlapping tiles, or one pass over the crop")
     p.add_argument("--upsample", choices=("logits", "labels"), default="logits", help="how fine predictions return to the scan grid")
-    p.add_argument("--keep-largest", type=_labels_arg, default=tuple(range(1, 14)), metavar="LABELS",
+    p.add_argument("--keep-largest", type=_labels_arg, default=ORGANS, metavar="LABELS",
                    help="labels reduced to their largest connected component: organs (default, 1-13), all, none, or 1,2,3")
     p.add_argument("--no-roi", action="store_true", help="skip the coarse model; run the fine model over the whole scan")
     p.add_argument("--preview", nargs="?", type=Path, const=True, default=None, metavar="DIR",
@@ -54,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--configuration", default=None, help="plans configuration (default: the one the checkpoint was trained with)")
     imp.add_argument("--mirror", action="store_true", help="keep nnU-Net's test-time mirroring (slower)")
     imp.add_argument("--out", required=True, type=Path, help="weights folder to write, e.g. weights/fine")
+
+    exp = sub.add_parser("export-onnx", help="write ONNX graphs (FP32, FP16) beside each model's tensors, for --backend onnxruntime/openvino")
+    exp.add_argument("--weights", type=Path, default=None, help="a weights folder (coarse/ and fine/) or one model folder (default: the shipped weights/)")
     return parser
 
 
@@ -64,11 +75,33 @@ def main(argv: list[str] | None = None) -> int:
         return _predict(args)
     if args.command == "import-nnunet":
         return _import(args)
+    if args.command == "export-onnx":
+        return _export(args)
     return 2
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .convert.export_onnx import export_onnx, model_folders
+    from .pipeline import DEFAULT_WEIGHTS
+    from .weights import WeightsError
+
+    weights = args.weights or DEFAULT_WEIGHTS
+    folders = model_folders(weights)
+    if not folders:
+        log.error("%s: no config.json, and no coarse/ or fine/ folder holding one", weights)
+        return 2
+    try:
+        for folder in folders:
+            entries = export_onnx(folder)
+            log.info("wrote %s", ", ".join(str(folder / e["file"]) for e in entries.values()))
+    except WeightsError as e:
+        log.error("%s", e)
+        return 2
+    return 0
+
+
 def _import(args: argparse.Namespace) -> int:
-    from .nnunet_import import import_nnunet
+    from .convert.nnunet_import import import_nnunet
     from .weights import WeightsError
 
     try:
@@ -87,11 +120,13 @@ def _predict(args: argparse.Namespace) -> int:
     options = Options(
         weights=args.weights or DEFAULT_WEIGHTS,
         device=args.device,
-        half=not args.fp32,
+        precision=args.precision,
         margin_mm=args.margin_mm,
         roi_gap_mm=args.roi_gap_mm,
         upsample=args.upsample,
         keep_largest=args.keep_largest,
+        backend=args.backend,
+        tiling=args.tiling,
         use_roi=not args.no_roi,
         timings=args.timings,
         progress=not args.quiet,

@@ -7,14 +7,13 @@ a time, then argmax) or ``labels`` (argmax on the fine grid, then nearest). See 
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
 
+from .architecture import UNetConfig
 from .model import Model
 from .resample import argmax_resized, resize_image, resize_labels
-from .unet import UNetConfig
 
 log = logging.getLogger("app")
 
@@ -56,23 +55,23 @@ def smaller_patch(model: Model) -> tuple[int, int, int]:
 
 
 def segment_crop_with_fallback(model: Model, crop: torch.Tensor, spacing: tuple[float, float, float], upsample: str, case: str) -> torch.Tensor:
-    """``segment_crop`` that survives CUDA out-of-memory: smaller tiles with sums on the CPU,
-    then the whole stage on the CPU; each retry is logged."""
+    """``segment_crop`` that survives the device running out of memory: smaller tiles with sums on
+    the CPU, then the backend's own fallback (the CPU); each retry is logged."""
+    backend = model.backend
     try:
         return segment_crop(model, crop, spacing, upsample)
-    except torch.OutOfMemoryError:
-        _release(model)
-        patch = smaller_patch(model)
-        log.warning("%s: out of memory in the fine stage; retrying with smaller tiles %s and sums on the CPU", case, list(patch))
+    except Exception as e:
+        if not backend.is_out_of_memory(e):
+            raise
+        backend.release()
+    patch = smaller_patch(model)
+    log.warning("%s: out of memory in the fine stage; retrying with smaller tiles %s and sums on the CPU", case, list(patch))
     try:
         return segment_crop(model, crop, spacing, upsample, patch=patch, accumulate_on=torch.device("cpu"))
-    except torch.OutOfMemoryError:
-        _release(model)
-        log.warning("%s: still out of memory; running the fine stage on the CPU", case)
-    cpu_model = Model(model.spec, copy.deepcopy(model.net).cpu().float(), torch.device("cpu"), torch.float32, model.lut.cpu())
-    return segment_crop(cpu_model, crop.cpu(), spacing, upsample).to(model.device)
-
-
-def _release(model: Model) -> None:
-    if model.device.type == "cuda":
-        torch.cuda.empty_cache()
+    except Exception as e:
+        fallback = backend.fallback() if backend.is_out_of_memory(e) else None
+        if fallback is None:
+            raise
+        backend.release()
+    log.warning("%s: still out of memory; running the fine stage on %s", case, fallback.placement)
+    return segment_crop(model.on(fallback), crop.to(fallback.placement.torch_device), spacing, upsample).to(model.device)

@@ -19,6 +19,15 @@ FLARE_LABELS: dict[int, str] = {
     14: "lesion",
 }
 
+ORGANS: tuple[int, ...] = tuple(range(1, 14))  # the 13 organs (14, lesion, comes several per scan)
+LESION = 14
+
+# The organisers' evaluation scripts' column names, by FLARE id.
+SHORT_NAMES: dict[int, str] = {
+    1: "Liver", 2: "RK", 3: "Spleen", 4: "Pancreas", 5: "Aorta", 6: "IVC", 7: "RAG", 8: "LAG",
+    9: "Gallbladder", 10: "Esophagus", 11: "Stomach", 12: "Duodenum", 13: "LK", 14: "Lesion",
+}
+
 # Other spellings seen in model label maps (nnU-Net dataset.json files, TotalSegmentator, MSD).
 _ALIASES: dict[str, int] = {
     "background": 0,

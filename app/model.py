@@ -1,40 +1,45 @@
-"""A weights folder turned into a runnable network on a device, with its intensity normalisation."""
+"""A weights folder turned into a runnable model: its backend, its grid and its intensity window."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from .backend import Backend, Placement, make_backend
 from .geometry import resampled_shape
-from .sliding_window import sliding_window_logits
-from .unet import UNet3D, UNetConfig
-from .weights import ModelSpec, WeightsError
+from .sliding_window import sliding_window_logits, whole_logits
+from .weights import ModelSpec
 
 
-class MeanEnsemble(nn.Module):
-    """Average of several networks' logits (nnU-Net's fold ensemble)."""
+def normalized(image: torch.Tensor, clip: tuple[float, float], mean: float, std: float,
+               device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Clip to a window, then z-score; always into a new tensor.
 
-    def __init__(self, nets: list[nn.Module]) -> None:
-        super().__init__()
-        self.nets = nn.ModuleList(nets)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.nets[0](x)
-        for net in self.nets[1:]:
-            out = out + net(x)
-        return out / len(self.nets)
+    ``image`` is the scan that both stages read: a float32 scan already has the model's dtype, and
+    ``.to`` alone would hand back the same storage for the in-place ops to ruin.
+    """
+    x = image.to(device=device or image.device, dtype=dtype, copy=True)
+    return x.clamp_(clip[0], clip[1]).sub_(mean).div_(std)
 
 
 @dataclass
 class Model:
     spec: ModelSpec
-    net: nn.Module
-    device: torch.device
-    dtype: torch.dtype
-    lut: torch.Tensor  # output channel -> FLARE id, uint8 on device
+    backend: Backend
+    lut: torch.Tensor  # output channel -> FLARE id, uint8 on the backend's device
+
+    @property
+    def placement(self) -> Placement:
+        return self.backend.placement
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.torch_device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.placement.tensor_dtype
 
     @property
     def num_classes(self) -> int:
@@ -47,20 +52,21 @@ class Model:
         return resampled_shape(shape, spacing, self.spec.spacing)  # type: ignore[arg-type, return-value]
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        """Clip to the model's window, then z-score, in the model's dtype on its device.
-
-        Always a new tensor: ``image`` is the scan both stages read (a float32 scan already has the
-        model's dtype, and ``.to`` would hand back the same storage for the in-place ops to ruin).
-        """
-        x = image.to(device=self.device, dtype=self.dtype, copy=True)
-        lo, hi = self.spec.clip
-        return x.clamp_(lo, hi).sub_(self.spec.mean).div_(self.spec.std)
+        """The model's intensity window, in its tensor dtype on its device (a new tensor)."""
+        return normalized(image, self.spec.clip, self.spec.mean, self.spec.std, self.device, self.dtype)
 
     def logits(self, image: torch.Tensor, patch: tuple[int, int, int] | None = None, accumulate_on: torch.device | None = None) -> torch.Tensor:
-        """Sliding-window logits of a normalised ``[Z, Y, X]`` image (FP16 sums on CUDA)."""
+        """Logits of a normalised ``[Z, Y, X]`` image: one pass over it where the model's tiling is
+        ``whole`` and it fits, else Gaussian-weighted tiles (FP16 sums where the tensors are FP16 on
+        CUDA). An explicit ``patch`` (the coarse model's grid, the out-of-memory retry) always tiles."""
         acc_dtype = torch.float16 if (accumulate_on or self.device).type == "cuda" and self.dtype == torch.float16 else torch.float32
+        if patch is None and self.spec.tiling == "whole" and image.numel() <= self.spec.whole_max_voxels:
+            from .architecture import UNetConfig
+
+            divisor = UNetConfig.from_dict(self.spec.architecture).divisor
+            return whole_logits(self.backend, image, divisor, accumulate_dtype=acc_dtype).to(accumulate_on or self.device)
         return sliding_window_logits(
-            self.net,
+            self.backend,
             image,
             patch or self.spec.patch_size,
             self.num_classes,
@@ -70,58 +76,12 @@ class Model:
             mirror_axes=self.spec.mirror_axes,
         )
 
-    def to(self, device: torch.device, half: bool) -> Model:
-        dtype = torch.float16 if half and device.type == "cuda" else torch.float32
-        return Model(self.spec, self.net.to(device=device, dtype=dtype), device, dtype, self.lut.to(device))
+    def on(self, backend: Backend) -> Model:
+        """The same model on another backend (the out-of-memory fallback)."""
+        return Model(self.spec, backend, self.lut.to(backend.placement.torch_device))
 
 
-def build_network(spec: ModelSpec) -> nn.Module:
-    from safetensors.torch import load_file
-
-    cfg = UNetConfig.from_dict(spec.architecture)
-    nets = []
-    for name in spec.files:
-        net = UNet3D(cfg)
-        path = spec.folder / name
-        if not os.access(path, os.R_OK):
-            raise WeightsError(f"{path}: cannot be read (permission denied for this user)")
-        try:
-            state = load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types
-            raise WeightsError(f"{path}: cannot read tensors ({e})") from None
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            first = str(e).splitlines()
-            raise WeightsError(f"{path}: tensors do not match config.json's architecture ({' '.join(first[:3])[:300]})") from None
-        nets.append(net.eval())
-    return nets[0] if len(nets) == 1 else MeanEnsemble(nets).eval()
-
-
-def load_model(spec: ModelSpec, device: torch.device, half: bool = True) -> Model:
-    """Build, load and place a model; FP16 on CUDA unless ``half`` is off, FP32 on the CPU."""
-    net = build_network(spec)
-    lut = torch.as_tensor(spec.lut)
-    return Model(spec, net, torch.device("cpu"), torch.float32, lut).to(device, half)
-
-
-def save_tensors(folder, net: torch.nn.Module, name: str = "model.safetensors") -> None:
-    """One network's tensors as a safetensors file in a weights folder."""
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    path = Path(folder) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(path))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)  # safetensors writes 0600; a container's unprivileged user must read it
-
-
-def save_model(folder, net: UNet3D, config: dict, name: str = "model.safetensors") -> None:
-    """Write a weights folder: the network's tensors plus config.json (architecture filled in)."""
-    from .weights import write_config
-
-    save_tensors(folder, net, name)
-    write_config(folder, {**config, "architecture": net.config.to_dict(), "files": [name]})
+def load_model(spec: ModelSpec, placement: Placement, chosen_by_auto: bool = False) -> Model:
+    """Build a weights folder's model for a placement (``backend.choose`` decides it)."""
+    backend = make_backend(spec, placement, chosen_by_auto)
+    return Model(spec, backend, torch.as_tensor(spec.lut).to(backend.placement.torch_device))

@@ -8,21 +8,21 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .geometry import Box, bounding_box, intersect
+from .labels import ORGANS
 from .nifti import Scan, ScanError, check_writable, find_scans, output_collisions, output_path, read_scan, remove_stale_temps, write_mask
 from .orientation import Orientation
-from .progress import Progress
+from .progress import Progress, seconds_since_process_start
 from .weights import ModelSpec, WeightsError, read_spec
 
 log = logging.getLogger("app")
 
 STAGES = ("read", "coarse", "roi", "fine", "cleanup", "write")
-ORGANS = tuple(range(1, 14))
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 
@@ -34,12 +34,14 @@ class SetupError(Exception):
 class Options:
     weights: Path = DEFAULT_WEIGHTS
     device: str = "auto"
-    half: bool = True
+    precision: str = "auto"  # auto (FP16 on CUDA, FP32 on the CPU) | fp32 | fp16 | bf16
     margin_mm: float = 20.0
     roi_gap_mm: float = 60.0  # coarse blobs farther than this from the main organ cluster stay out of the ROI
     upsample: str = "logits"
     keep_largest: tuple[int, ...] | None = ORGANS  # None: every label
     use_roi: bool = True
+    backend: str = "auto"  # auto | torch | onnxruntime | openvino (app.backend decides what auto means)
+    tiling: str = "model"  # the fine model's own setting (config.json input.tiling), or sliding | whole
     timings: Path | None = None
     progress: bool = True  # case i of N, stage and time left on stderr (off: --quiet)
     preview: Path | None = None  # folder for one PNG per case (mask over the scan), or None
@@ -59,9 +61,9 @@ def _no_report(stage: str) -> None:
 
 
 class Stopwatch:
-    """Per-stage wall times; waits for the GPU before each reading so times are real."""
+    """Per-stage wall times; ``sync`` waits for the device before each reading so times are real."""
 
-    def __init__(self, sync: bool, on_stage: Callable[[str], None] = _no_report) -> None:
+    def __init__(self, sync: Callable[[], None], on_stage: Callable[[str], None] = _no_report) -> None:
         self.sync = sync
         self.on_stage = on_stage
         self.times: dict[str, float] = {}
@@ -71,11 +73,24 @@ class Stopwatch:
         self.on_stage(name)
         t0 = time.perf_counter()
         yield
-        if self.sync:
-            import torch
-
-            torch.cuda.synchronize()
+        self.sync()
         self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The stage functions an ``Engine`` calls. Tests hand in their own; the defaults are imported
+    only when the engine starts, so that torch loads while the first scan is being read."""
+
+    coarse_labels: Callable
+    segment_crop: Callable
+
+    @classmethod
+    def default(cls) -> Stages:
+        from .coarse import coarse_labels
+        from .fine import segment_crop_with_fallback
+
+        return cls(coarse_labels=coarse_labels, segment_crop=segment_crop_with_fallback)
 
 
 def _timed_read(path: Path) -> tuple[Scan, float]:
@@ -91,7 +106,7 @@ def load_specs(options: Options) -> tuple[ModelSpec | None, ModelSpec]:
     return coarse, fine
 
 
-def predict_folder(in_dir: Path, out_dir: Path, options: Options) -> list[CaseResult]:
+def predict_folder(in_dir: Path, out_dir: Path, options: Options, stages: Stages | None = None) -> list[CaseResult]:
     """Segment every scan in ``in_dir`` into ``out_dir``; one bad scan never stops the others."""
     if not in_dir.is_dir():
         raise SetupError(f"input folder {in_dir} does not exist")
@@ -118,7 +133,7 @@ def predict_folder(in_dir: Path, out_dir: Path, options: Options) -> list[CaseRe
     if todo:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader") as reader, Progress(len(todo), options.progress) as progress:
             pending: Future = reader.submit(_timed_read, todo[0])  # overlaps reading with model loading
-            engine = Engine(coarse_spec, fine_spec, options)
+            engine = Engine(coarse_spec, fine_spec, options, stages)
             for i, path in enumerate(todo):
                 current = pending
                 if i + 1 < len(todo):
@@ -146,20 +161,27 @@ def _log_summary(results: list[CaseResult]) -> None:
 class Engine:
     """Models loaded once, applied case by case."""
 
-    def __init__(self, coarse_spec: ModelSpec | None, fine_spec: ModelSpec, options: Options) -> None:
+    def __init__(self, coarse_spec: ModelSpec | None, fine_spec: ModelSpec, options: Options, stages: Stages | None = None) -> None:
         import torch
 
+        from .backend import choose, pick_device
         from .model import load_model
 
         self.options = options
-        self.device = _pick_device(options.device)
+        self.stages = stages or Stages.default()
         try:
-            self.coarse = load_model(coarse_spec, self.device, options.half) if coarse_spec else None
-            self.fine = load_model(fine_spec, self.device, options.half)
-        except WeightsError as e:
+            placement = choose(options.backend, pick_device(options.device), options.precision)
+            if options.tiling != "model":
+                fine_spec = replace(fine_spec, tiling=options.tiling)
+            auto = options.backend == "auto"
+            self.coarse = load_model(coarse_spec, placement, auto) if coarse_spec else None
+            self.fine = load_model(fine_spec, placement, auto)
+        except WeightsError as e:  # BackendError is one too
             raise SetupError(str(e)) from None
         self.torch = torch
-        log.info("models on %s (%s)", self.device, "fp16" if self.fine.dtype == torch.float16 else "fp32")
+        self.device = self.fine.device
+        self.startup_s: float | None = seconds_since_process_start()  # reported with the first case
+        log.info("models ready: %s, %.2f s after the process started", self.fine.placement, self.startup_s)
 
     def run_case(self, path: Path, scan_future: Future, out_dir: Path, on_stage: Callable[[str], None] = _no_report) -> CaseResult:
         name = path.name
@@ -179,7 +201,11 @@ class Engine:
             return _failed(name, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         result.timings = {"read": read_s, **result.timings}
         result.timings["total"] = sum(result.timings[s] for s in STAGES)
-        log.info("%s: %s", name, ", ".join(f"{s} {result.timings[s]:.2f} s" for s in (*STAGES, "total")))
+        shown = (*STAGES, "total")
+        if self.startup_s is not None:  # process start to models ready, once per process
+            result.timings, shown = {"startup": self.startup_s, **result.timings}, ("startup", *shown)
+            self.startup_s = None
+        log.info("%s: %s", name, ", ".join(f"{s} {result.timings[s]:.2f} s" for s in shown))
         if self.options.timings:
             with open(self.options.timings, "a") as f:
                 f.write(json.dumps({"case": name, **{k: round(v, 4) for k, v in result.timings.items()}, **result.info}) + "\n")
@@ -187,10 +213,9 @@ class Engine:
 
     def _segment(self, scan: Scan, out_dir: Path, on_stage: Callable[[str], None] = _no_report) -> CaseResult:
         from .cleanup import keep_largest_components
-        from .fine import segment_crop_with_fallback
 
         torch, opts, name = self.torch, self.options, scan.path.name
-        watch = Stopwatch(sync=self.device.type == "cuda", on_stage=on_stage)
+        watch = Stopwatch(sync=self.fine.backend.sync, on_stage=on_stage)
         with watch.stage("coarse"):
             array, spacing, layout = scan.layout(self.fine.spec.orientation)
             image = torch.from_numpy(array).to(self.device)
@@ -208,7 +233,7 @@ class Engine:
                 box = overlap if not overlap.is_empty else nonzero
             crop = image[box.slices]
         with watch.stage("fine"):
-            labels = segment_crop_with_fallback(self.fine, crop, spacing, opts.upsample, name)
+            labels = self.stages.segment_crop(self.fine, crop, spacing, opts.upsample, name)
             del crop, image
             labels_np = labels.cpu().numpy()
         with watch.stage("cleanup"):
@@ -225,13 +250,14 @@ class Engine:
             write_mask(mask, scan.geometry, out_path)
             if opts.preview is not None:
                 _write_preview(scan, mask, opts.preview / out_path.name.replace(".nii.gz", ".png"))
-        info = {"device": str(self.device), "roi_box": [list(box.start), list(box.stop)], "roi_fraction": round(float(np.prod(box.shape)) / float(np.prod(shape)), 4), "labels": found}
+        info = {"device": str(self.device), "backend": str(self.fine.placement), "roi_box": [list(box.start), list(box.stop)], "roi_fraction": round(float(np.prod(box.shape)) / float(np.prod(shape)), 4), "labels": found}
         return CaseResult(name, ok=True, timings=watch.times, info=info)
 
     def _coarse_box(self, scan: Scan, image, spacing: tuple[float, float, float], layout: Orientation) -> Box | None:
         """ROI in the fine model's layout; the coarse model sees the scan in its own layout."""
-        from .coarse import coarse_labels, roi_box
+        from .coarse import roi_box
 
+        coarse_labels = self.stages.coarse_labels
         assert self.coarse is not None
         if self.coarse.spec.orientation == self.fine.spec.orientation:
             return roi_box(coarse_labels(self.coarse, image, spacing), tuple(image.shape), spacing, self.options.margin_mm, self.options.roi_gap_mm)
@@ -249,13 +275,3 @@ def _write_preview(scan: Scan, mask: np.ndarray, path: Path) -> None:
 
     ct, spacing, layout = scan.layout("LPS")
     write_preview(ct, np.ascontiguousarray(layout.to_canonical(mask)), spacing, path, scan.path.name)
-
-
-def _pick_device(name: str):  # -> torch.device
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SetupError("--device cuda was asked for, but no CUDA GPU is visible to torch")
-    return torch.device(name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ def pad_to(image: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tensor, tup
 
 @torch.inference_mode()
 def sliding_window_logits(
-    model: torch.nn.Module,
+    model: Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor,
     patch: Sequence[int],
     num_classes: int,
@@ -59,7 +59,8 @@ def sliding_window_logits(
     accumulate_dtype: torch.dtype = torch.float32,
     mirror_axes: Sequence[int] = (),
 ) -> torch.Tensor:
-    """Logits ``[C, Z, Y, X]`` for a normalised ``[Z, Y, X]`` image.
+    """Logits ``[C, Z, Y, X]`` for a normalised ``[Z, Y, X]`` image; ``model`` is any ``tile -> logits``
+    callable (``[1, 1, z, y, x] -> [1, C, z, y, x]``), a backend or a plain module.
 
     Tiles run on the image's device; the weighted sums live on ``accumulate_on`` (the same
     device by default, the CPU as an out-of-memory fallback) in ``accumulate_dtype``.
@@ -89,3 +90,20 @@ def sliding_window_logits(
 def _mirror_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:
     """All non-empty subsets of the mirror axes (nnU-Net's test-time mirroring)."""
     return [c for r in range(1, len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+@torch.inference_mode()
+def whole_logits(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    divisor: Sequence[int],
+    min_shape: Sequence[int] = (1, 1, 1),
+    accumulate_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Logits ``[C, Z, Y, X]`` of a normalised ``[Z, Y, X]`` image in one pass of a fully
+    convolutional network: zero-padded (centred, as the sliding window pads) to a multiple of the
+    network's total stride and at least ``min_shape``, then cropped back. No voxel is computed twice."""
+    target = [max(m, -(-n // d) * d) for n, d, m in zip(image.shape, divisor, min_shape)]
+    padded, crop = pad_to(image, target)
+    out = model(padded[None, None])[0]
+    return out[(slice(None), *crop)].to(accumulate_dtype)

@@ -7,12 +7,13 @@ own model. Every inconsistency is reported as a one-line ``WeightsError`` naming
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .architecture import UNetConfig
 from .labels import flare_id
 from .orientation import STORED, code_direction
 
@@ -20,10 +21,20 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 FOREGROUND = "foreground"  # a coarse model may be binary: background / all organs
 FOREGROUND_ID = 255
+TILINGS = ("sliding", "whole")
+WHOLE_MAX_VOXELS = 12_000_000  # inputs above this are tiled even with tiling "whole": one pass's memory grows with the input
 
 
 class WeightsError(Exception):
     """A weights folder that cannot be used (missing, malformed or inconsistent)."""
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """An ONNX graph of the folder's network (``python -m app export-onnx``) and what it came from."""
+
+    file: str
+    sources: dict[str, str]  # tensor file -> sha256 at export time: a mismatch means the graph is stale
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,8 @@ class ModelSpec:
     size: tuple[int, int, int] | None
     patch_size: tuple[int, int, int]
     step: float
+    tiling: str  # "sliding" (nnU-Net's Gaussian-weighted tiles) or "whole" (one pass over the crop when it fits)
+    whole_max_voxels: int  # the largest input run in one pass; larger ones are tiled
     mirror_axes: tuple[int, ...]
     orientation: str  # "LPS" (canonical, default), another code such as "RAS", or "stored"
     crop_nonzero: bool  # nnU-Net crops to the box of non-zero voxels before predicting
@@ -46,6 +59,7 @@ class ModelSpec:
     labels: dict[int, str]
     files: tuple[str, ...]
     raw: dict[str, Any]
+    onnx: dict[str, OnnxExport] = field(default_factory=dict)  # precision (fp32, fp16) -> export
 
     @property
     def lut(self) -> np.ndarray:
@@ -96,8 +110,6 @@ def read_spec(folder: str | Path, role: str | None = None) -> ModelSpec:
     if arch.get("name", "unet3d") != "unet3d":
         raise _fail(cfg_path, f"architecture.name {arch.get('name')!r} is not supported (only 'unet3d')")
     try:
-        from .unet import UNetConfig
-
         ucfg = UNetConfig.from_dict(arch)
     except (ValueError, TypeError, KeyError) as e:
         raise _fail(cfg_path, f"architecture: {e}") from e
@@ -114,6 +126,12 @@ def read_spec(folder: str | Path, role: str | None = None) -> ModelSpec:
     step = float(inp.get("step", 0.5))
     if not 0 < step <= 1:
         raise _fail(cfg_path, f"input.step must be in (0, 1], got {step}")
+    tiling = str(inp.get("tiling", "sliding"))
+    if tiling not in TILINGS:
+        raise _fail(cfg_path, f"input.tiling must be one of {list(TILINGS)}, got {tiling!r}")
+    whole_max = int(inp.get("whole_max_voxels", WHOLE_MAX_VOXELS))
+    if whole_max <= 0:
+        raise _fail(cfg_path, f"input.whole_max_voxels must be positive, got {whole_max}")
     mirror = tuple(int(a) for a in inp.get("mirror_axes", []))
     if any(a not in (0, 1, 2) for a in mirror):
         raise _fail(cfg_path, f"input.mirror_axes must be axes 0-2, got {list(mirror)}")
@@ -154,6 +172,13 @@ def read_spec(folder: str | Path, role: str | None = None) -> ModelSpec:
     if role is not None and file_role is not None and file_role != role:
         raise _fail(cfg_path, f"role is {file_role!r} but this folder is used as the {role} model")
 
+    onnx = {}
+    for precision, entry in (raw.get("onnx") or {}).items():
+        try:
+            onnx[str(precision)] = OnnxExport(file=str(entry["file"]), sources={str(k): str(v) for k, v in entry["sources"].items()})
+        except (KeyError, TypeError, AttributeError):
+            raise _fail(cfg_path, f"onnx.{precision} needs 'file' and 'sources' (tensor file -> sha256)") from None
+
     return ModelSpec(
         folder=folder,
         role=str(file_role or role or ""),
@@ -162,6 +187,8 @@ def read_spec(folder: str | Path, role: str | None = None) -> ModelSpec:
         size=size,
         patch_size=patch,
         step=step,
+        tiling=tiling,
+        whole_max_voxels=whole_max,
         mirror_axes=mirror,
         orientation=orientation,
         crop_nonzero=bool(inp.get("crop_nonzero", False)),
@@ -171,6 +198,7 @@ def read_spec(folder: str | Path, role: str | None = None) -> ModelSpec:
         labels=labels,
         files=tuple(files),
         raw=raw,
+        onnx=onnx,
     )
 
 

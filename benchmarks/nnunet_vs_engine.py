@@ -93,7 +93,7 @@ def demo_model(root: Path) -> Path:
 
 
 def export_as_nnunet(weights: Path, root: Path) -> Path:
-    """Our weights folder as an nnU-Net v2 results folder (the inverse of app.nnunet_import)."""
+    """Our weights folder as an nnU-Net v2 results folder (the inverse of app.convert.nnunet_import)."""
     import re
 
     import torch
@@ -142,7 +142,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
     from app.labels import flare_id
-    from app.nnunet_import import import_nnunet
+    from app.convert.nnunet_import import import_nnunet
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)

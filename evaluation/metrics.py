@@ -26,9 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from app.labels import LESION, SHORT_NAMES
+from app.labels import ORGANS as ORGAN_IDS
+
 log = logging.getLogger("evaluation")
 
-ORGANS = ("Liver", "RK", "Spleen", "Pancreas", "Aorta", "IVC", "RAG", "LAG", "Gallbladder", "Esophagus", "Stomach", "Duodenum", "LK")
+ORGANS = tuple(SHORT_NAMES[i] for i in ORGAN_IDS)
 TOLERANCE_MM = {"Liver": 5, "RK": 3, "Spleen": 3, "Pancreas": 5, "Aorta": 2, "IVC": 2, "RAG": 2, "LAG": 2, "Gallbladder": 2,
                 "Esophagus": 3, "Stomach": 5, "Duodenum": 7, "LK": 3, "Lesion": 2}
 Z_RANGE_LABELS = (5, 6, 10)  # aorta, IVC, esophagus: only the ground truth's axial range
@@ -38,8 +41,8 @@ RULES = ("flare22", "flare23")
 
 def structures(rules: str) -> list[tuple[int, str]]:
     """(label, column name) scored under a rule set."""
-    out = list(enumerate(ORGANS, start=1))
-    return out + [(14, "Lesion")] if rules == "flare23" else out
+    out = [(i, SHORT_NAMES[i]) for i in ORGAN_IDS]
+    return out + [(LESION, SHORT_NAMES[LESION])] if rules == "flare23" else out
 
 
 @dataclass

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 import torch
 
 from app.labels import FLARE_LABELS
-from app.model import save_model
+from app.convert.tensors import save_model
 from app.unet import UNet3D, UNetConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"

@@ -27,22 +27,32 @@ SCAN = REAL_CASES[-1]  # TS_example_sm: a small real scan
 
 
 def _dockerfile_copies() -> list[str]:
-    return [src for src in re.findall(r"^COPY (\S+)", (REPO / "Dockerfile").read_text(), re.M) if src != "requirements.txt"]
+    """What the Dockerfile copies into its working folder (the requirements files only serve the install)."""
+    copied = [src for line in re.findall(r"^COPY (.+) \S+$", (REPO / "Dockerfile").read_text(), re.M) for src in line.split()]
+    return [src for src in copied if not src.startswith("requirements")]
 
 
-AUTHORING_ONLY = {"dynamic_network_architectures"}  # import-nnunet checks a checkpoint with it; prediction never does
+def _dockerignored() -> list[str]:
+    """The plain paths .dockerignore leaves out of the build context (app/convert/, weights/checkpoints/)."""
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    return [ln.rstrip("/") for ln in lines if ln and not ln.startswith(("!", "*", "#"))]
+
+
+def _in_image(path: Path) -> bool:
+    rel = path.relative_to(REPO).as_posix()
+    return "__pycache__" not in rel and not any(rel == p or rel.startswith(p + "/") for p in _dockerignored())
 
 
 def _third_party_imports() -> set[str]:
-    """Top-level modules outside the standard library that app/ imports anywhere, lazily too."""
+    """Top-level modules outside the standard library that the image's app/ imports anywhere, lazily too."""
     found = set()
-    for path in (REPO / "app").rglob("*.py"):
+    for path in filter(_in_image, (REPO / "app").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 found.update(a.name.split(".")[0] for a in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 found.add(node.module.split(".")[0])
-    return {m for m in found if m not in sys.stdlib_module_names and m != "app"} - AUTHORING_ONLY
+    return {m for m in found if m not in sys.stdlib_module_names and m != "app"}
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -63,11 +73,10 @@ def image(tmp_path_factory):
     workspace = root / "workspace"
     workspace.mkdir()
     for src in _dockerfile_copies():  # what .dockerignore keeps out stays out here too
-        path = REPO / src
-        if path.is_dir():
-            shutil.copytree(path, workspace / src, ignore=shutil.ignore_patterns("__pycache__", "checkpoints"))
-        else:
-            shutil.copy(path, workspace / src)
+        for path in [REPO / src, *(REPO / src).rglob("*")]:
+            if path.is_file() and _in_image(path):
+                (workspace / path.relative_to(REPO)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, workspace / path.relative_to(REPO))
     for p in [root / "venv", workspace]:
         subprocess.run(["chmod", "-R", "a-w", str(p)], check=True)  # code is read-only, as in an image layer
     yield root, workspace
@@ -79,7 +88,8 @@ def test_every_module_the_engine_imports_is_in_the_image(image):
     """Lazy imports (a terminal's progress bar, --preview) run only on some paths: import them all."""
     root, _ = image
     modules = sorted(_third_party_imports())
-    assert {"torch", "SimpleITK", "cc3d", "tqdm", "PIL"} <= set(modules)
+    assert {"torch", "SimpleITK", "cc3d", "tqdm", "PIL", "onnxruntime", "openvino"} <= set(modules)
+    assert "dynamic_network_architectures" not in modules  # the importer's, in app/convert/, not in the image
     proc = subprocess.run([str(root / "venv" / "bin" / "python"), "-c", f"import {', '.join(modules)}"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
 

@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("nnunetv2", reason="nnunetv2 is the optional test dependency of the importer (make test installs it)")
 
 from app.labels import flare_id  # noqa: E402
-from app.nnunet_import import ImportErrorNnunet, import_nnunet  # noqa: E402
+from app.convert.nnunet_import import ImportErrorNnunet, import_nnunet  # noqa: E402
 from app.pipeline import Options, predict_folder  # noqa: E402
 from evaluation.metrics import dice  # noqa: E402
 from evaluation.phantoms import generate, write  # noqa: E402
@@ -133,6 +133,7 @@ def test_import_writes_our_format(imported):
 
 
 def test_same_segmentation_and_logits_as_nnunets_predictor(nnunet_model, imported, tmp_path):
+    from app.backend import Placement
     from app.geometry import bounding_box
     from app.model import load_model
     from app.nifti import read_scan
@@ -145,7 +146,7 @@ def test_same_segmentation_and_logits_as_nnunets_predictor(nnunet_model, importe
     cases = _cases(inputs)
     results = predict_folder(inputs, tmp_path / "out", Options(weights=weights, device="cpu", use_roi=False, keep_largest=()))
     assert all(r.ok for r in results)
-    model = load_model(read_spec(weights / "fine"), torch.device("cpu"))
+    model = load_model(read_spec(weights / "fine"), Placement("torch", "cpu", "fp32"))
     for case in cases:
         predictor, seg = nnunet_predict(nnunet_model, case)
         theirs = _to_flare(seg)
@@ -191,6 +192,34 @@ def test_fold_ensemble_is_averaged(tmp_path):
     inner = (slice(2, -2),) * 3  # see test_same_segmentation_and_logits_as_nnunets_predictor
     for organ in [int(v) for v, n in zip(*np.unique(theirs[inner], return_counts=True)) if v and n >= 200]:
         assert dice(ours[inner] == organ, theirs[inner] == organ) >= 0.99
+
+
+@pytest.mark.parametrize("folds", [("all",), ("0", "1")])
+def test_imported_models_export_to_onnx_and_give_torch_s_masks(tmp_path, folds):
+    """An imported model (and a fold ensemble: one graph averaging the folds) on the ONNX engines."""
+    from app.convert.export_onnx import export_onnx
+
+    model = make_nnunet_folder(tmp_path / "Dataset997", folds=folds)
+    import_nnunet(model, list(folds), "checkpoint_final.pth", "fine", tmp_path / "w" / "fine")
+    export_onnx(tmp_path / "w" / "fine")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _cases(inputs)
+    masks = {}
+    for engine, precision in (("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("onnxruntime", "fp16")):
+        out = tmp_path / f"{engine}-{precision}"
+        options = Options(weights=tmp_path / "w", device="cpu", use_roi=False, keep_largest=(), backend=engine, precision=precision, progress=False)
+        results = predict_folder(inputs, out, options)
+        assert all(r.ok and r.info["backend"] == f"{engine} on cpu, {precision}" for r in results)
+        masks[engine, precision] = {p.name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in sorted(out.iterdir())}
+    reference = masks["torch", "fp32"]
+    for (engine, precision), got in masks.items():
+        for name, mask in got.items():
+            if precision == "fp32":
+                assert (mask == reference[name]).mean() >= 0.999, (engine, name)
+            else:  # organs of at least 200 voxels, as above: this untrained network's tiny blobs sit on near-ties
+                organs = [int(v) for v, n in zip(*np.unique(reference[name], return_counts=True)) if v and n >= 200]
+                assert len(organs) >= 5 and np.mean([dice(mask == o, reference[name] == o) for o in organs]) >= 0.995, (engine, precision, name)
 
 
 def test_imported_fine_model_behind_our_coarse_model(imported, tmp_path):

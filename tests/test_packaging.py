@@ -24,8 +24,10 @@ def test_dockerfile_holds_only_what_prediction_needs():
     text = (REPO / "Dockerfile").read_text()
     assert re.search(r"^FROM nvidia/cuda:[\d.]+-cudnn-runtime-", text, re.M)
     assert "WORKDIR /workspace" in text
-    copied = re.findall(r"^COPY (\S+)", text, re.M)
-    assert sorted(copied) == ["app/", "predict.sh", "requirements.txt", "weights/"]
+    copied = [src for line in re.findall(r"^COPY (.+) \S+$", text, re.M) for src in line.split()]
+    assert sorted(copied) == ["app/", "predict.sh", "requirements-gpu.txt", "requirements.txt", "weights/"]
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert "app/convert/" in ignored and "weights/checkpoints/" in ignored
     reqs = (REPO / "requirements.txt").read_text()
     pins = [ln for ln in reqs.splitlines() if ln and not ln.startswith("#")]
     assert pins and all("==" in ln for ln in pins)

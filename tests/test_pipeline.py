@@ -7,6 +7,7 @@ import logging
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cc3d
@@ -19,7 +20,10 @@ import app.fine
 import app.nifti
 import app.pipeline
 from app.geometry import Box
-from app.pipeline import STAGES, Options, SetupError, predict_folder
+from app.backend import Backend, Placement, TorchBackend
+from app.model import Model, load_model
+from app.pipeline import STAGES, Options, SetupError, Stages, predict_folder
+from app.weights import read_spec
 from tests.helpers import REAL_CASES, make_weights, write_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +131,7 @@ def test_orientation_does_not_change_the_anatomy(weights, tmp_path):
         assert np.array_equal(sitk.GetArrayFromImage(same_frame), ref_arr), code
 
 
-def test_roi_crop_is_pasted_back_in_place(weights, tmp_path, monkeypatch):
+def test_roi_crop_is_pasted_back_in_place(weights, tmp_path):
     """With a coarse mask in one corner, only that box (plus margin) is segmented."""
     arr = np.full((40, 64, 64), -1000, np.int16)
     arr[5:15, 10:20, 30:50] = 60
@@ -140,15 +144,13 @@ def test_roi_crop_is_pasted_back_in_place(weights, tmp_path, monkeypatch):
         coarse[2:4, 4:6, 7:12] = 1  # 20 coarse voxels of 128 mm^3: 2.6 mL, an organ rather than a speck
         return coarse
 
-    real_segment = app.fine.segment_crop_with_fallback
+    real_segment = Stages.default().segment_crop
 
     def spy(model, crop, spacing, upsample, case):
         seen["shape"] = tuple(crop.shape)
         return real_segment(model, crop, spacing, upsample, case)
 
-    monkeypatch.setattr("app.coarse.coarse_labels", fake_coarse)
-    monkeypatch.setattr("app.fine.segment_crop_with_fallback", spy)
-    results = predict_folder(inp, tmp_path / "out", _opts(weights, margin_mm=4.0))
+    results = predict_folder(inp, tmp_path / "out", _opts(weights, margin_mm=4.0), Stages(coarse_labels=fake_coarse, segment_crop=spy))
     assert results[0].ok
     # coarse box z 8..16, y 16..24, x 28..48 on the full grid; the 4 mm margin is 2 slices of
     # 2 mm along z and 4 voxels of 1 mm in-plane
@@ -161,11 +163,11 @@ def test_roi_crop_is_pasted_back_in_place(weights, tmp_path, monkeypatch):
     assert not mask[outside].any()
 
 
-def test_coarse_finding_nothing_falls_back_to_the_whole_scan(weights, tmp_path, monkeypatch, caplog):
+def test_coarse_finding_nothing_falls_back_to_the_whole_scan(weights, tmp_path, caplog):
     write_image(tmp_path / "in" / "a_0000.nii.gz", np.full((12, 40, 40), -1000, np.int16))
-    monkeypatch.setattr("app.coarse.coarse_labels", lambda m, i, s: np.zeros((4, 4, 4), np.uint8))
+    stages = replace(Stages.default(), coarse_labels=lambda m, i, s: np.zeros((4, 4, 4), np.uint8))
     with caplog.at_level(logging.INFO, logger="app"):
-        results = predict_folder(tmp_path / "in", tmp_path / "out", _opts(weights))
+        results = predict_folder(tmp_path / "in", tmp_path / "out", _opts(weights), stages)
     assert results[0].ok and results[0].info["roi_fraction"] == 1.0
     assert "coarse model found no organ; segmenting the whole scan" in caplog.text
 
@@ -208,23 +210,60 @@ def test_a_failed_write_leaves_no_partial_file(weights, tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.nii.gz"]
 
 
-def test_out_of_memory_retries_smaller_tiles_then_cpu(weights, tmp_path, monkeypatch, caplog):
-    write_image(tmp_path / "in" / "a_0000.nii.gz", np.full((8, 32, 32), -1000, np.int16))
-    calls = []
-    real = app.fine.segment_crop
+class _FakeGpu(Backend):
+    """A device that runs out of memory on its first ``failures`` tiles, then works; its fallback is the CPU."""
 
-    def oom_twice(model, crop, spacing, upsample="logits", patch=None, accumulate_on=None):
-        calls.append((patch, accumulate_on))
-        if len(calls) <= 2:
+    def __init__(self, spec, failures: int) -> None:
+        super().__init__(Placement("torch", "cpu", "fp32"))
+        self.spec, self.failures, self.calls = spec, failures, 0
+        self.torch = TorchBackend(spec, self.placement)
+
+    def __call__(self, tile):
+        self.calls += 1
+        if self.calls <= self.failures:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, crop, spacing, upsample, patch, accumulate_on)
+        return self.torch(tile)
 
-    monkeypatch.setattr(app.fine, "segment_crop", oom_twice)
+    def fallback(self):
+        self.fell_back = TorchBackend(self.spec, Placement("torch", "cpu", "fp32"))
+        return self.fell_back
+
+
+def test_out_of_memory_retries_smaller_tiles_then_the_fallback(weights, caplog):
+    spec = read_spec(weights / "fine", "fine")
+    crop = torch.full((8, 64, 64), -1000.0)
+    crop[2:6, 16:48, 16:48] = 40
+    reference = app.fine.segment_crop(load_model(spec, Placement("torch", "cpu", "fp32")), crop, (4.0, 3.0, 3.0))
+    gpu = _FakeGpu(spec, failures=1)
     with caplog.at_level(logging.WARNING, logger="app"):
-        results = predict_folder(tmp_path / "in", tmp_path / "out", _opts(weights))
+        labels = app.fine.segment_crop_with_fallback(Model(spec, gpu, torch.as_tensor(spec.lut)), crop, (4.0, 3.0, 3.0), "logits", "a")
+    assert "retrying with smaller tiles [8, 32, 32]" in caplog.text  # half the (16, 64, 64) patch, a multiple of the stride
+    assert labels.shape == reference.shape and gpu.calls > 1 and not hasattr(gpu, "fell_back")
+    gpu = _FakeGpu(spec, failures=10**6)
+    with caplog.at_level(logging.WARNING, logger="app"):
+        labels = app.fine.segment_crop_with_fallback(Model(spec, gpu, torch.as_tensor(spec.lut)), crop, (4.0, 3.0, 3.0), "logits", "a")
+    assert "still out of memory; running the fine stage on torch on cpu, fp32" in caplog.text
+    assert torch.equal(labels, reference)  # the fallback runs the full tiles: the same labels
+
+
+def test_an_error_that_is_not_out_of_memory_is_not_retried(weights):
+    spec = read_spec(weights / "fine", "fine")
+
+    class Broken(_FakeGpu):
+        def __call__(self, tile):
+            raise ValueError("a bug, not a full device")
+
+    with pytest.raises(ValueError, match="a bug"):
+        app.fine.segment_crop_with_fallback(Model(spec, Broken(spec, 0), torch.as_tensor(spec.lut)), torch.zeros((8, 64, 64)), (4.0, 3.0, 3.0), "logits", "a")
+
+
+def test_whole_crop_tiling_keeps_the_geometry(weights, tmp_path):
+    shutil.copy(REAL_CASES[-1], tmp_path / "x_0000.nii.gz")
+    results = predict_folder(tmp_path, tmp_path / "out", _opts(weights, tiling="whole"))
     assert results[0].ok
-    assert calls[1] == ((8, 32, 32), torch.device("cpu"))  # half the (16, 64, 64) patch, a multiple of the stride (2, 4, 4)
-    assert "retrying with smaller tiles" in caplog.text and "running the fine stage on the CPU" in caplog.text
+    mask = sitk.ReadImage(str(tmp_path / "out" / "x.nii.gz"))
+    assert mask.GetSize() == sitk.ReadImage(str(REAL_CASES[-1])).GetSize()
+    assert len(np.unique(sitk.GetArrayFromImage(mask))) > 1
 
 
 def test_no_roi_and_label_upsampling_modes(weights, tmp_path):

@@ -7,9 +7,13 @@ from pathlib import Path
 
 import torch
 
+from app.backend import Placement
 from app.model import load_model
+
 from app.weights import read_spec
 from training.train import train_role
+
+CPU = Placement("torch", "cpu", "fp32")
 
 RECIPE = Path(__file__).resolve().parents[1] / "training" / "config.json"
 
@@ -25,7 +29,7 @@ def test_a_short_run_of_each_role_writes_loadable_weights(tmp_path):
         assert log["steps"] == 2 and log["phantoms_generated"] == 2
         spec = read_spec(tmp_path / role, role)
         assert len(spec.labels) == (2 if role == "coarse" else 15)
-        load_model(spec, torch.device("cpu"))
+        load_model(spec, CPU)
         assert (tmp_path / "checkpoints" / f"{role}.seed{log['seed']}.step2" / "model.safetensors").is_file()
         assert (tmp_path / "checkpoints" / f"{role}.cycle1" / "model.safetensors").is_file()
         assert json.loads((tmp_path / role / "training_log.json").read_text())["parameters"] > 0
@@ -57,7 +61,7 @@ def test_warm_restart_cycles_resume_to_the_same_tensors(tmp_path):
 
 
 def test_deep_supervision_heads_train_and_are_not_shipped(tmp_path):
-    from app.model import save_model
+    from app.convert.tensors import save_model
     from app.unet import UNet3D, UNetConfig
     from training.train import DeepSupervision, dice_ce_loss
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.sliding_window import gaussian_weights, sliding_window_logits, tile_starts
+from app.sliding_window import gaussian_weights, sliding_window_logits, tile_starts, whole_logits
 from app.unet import UNet3D, UNetConfig, count_macs, count_parameters
 
 
@@ -65,3 +65,18 @@ def test_sliding_window_accumulates_on_another_device():
     img = torch.randn(9, 20, 20)
     out = sliding_window_logits(_Affine(), img, (8, 16, 16), num_classes=2, accumulate_on=torch.device("cpu"), accumulate_dtype=torch.float64)
     assert out.dtype == torch.float64
+
+
+@pytest.mark.parametrize("shape", [(20, 37, 41), (3, 10, 9)])
+def test_whole_pass_pads_to_the_stride_and_crops_back(shape):
+    img = torch.randn(shape)
+    seen = []
+
+    def model(x):
+        seen.append(tuple(x.shape))
+        return _Affine()(x)
+
+    out = whole_logits(model, img, divisor=(4, 8, 8))
+    assert len(seen) == 1 and all(n % d == 0 and n >= s for n, d, s in zip(seen[0][2:], (4, 8, 8), shape))
+    assert out.shape == (2, *shape)
+    assert torch.allclose(out[0], img, atol=1e-6) and torch.allclose(out[1], 2 * img + 1, atol=1e-6)

@@ -4,9 +4,13 @@ import pytest
 import torch
 
 from app.labels import flare_id
+from app.backend import Placement
 from app.model import load_model
+
 from app.weights import WeightsError, read_spec
 from tests.helpers import make_weights
+
+CPU = Placement("torch", "cpu", "fp32")
 
 
 @pytest.fixture()
@@ -31,7 +35,7 @@ def _edit(folder, **changes):
 
 def test_round_trip_loads(weights):
     spec = read_spec(weights / "fine", "fine")
-    model = load_model(spec, torch.device("cpu"))
+    model = load_model(spec, CPU)
     assert model.dtype == torch.float32
     assert list(spec.lut) == list(range(15))
 
@@ -56,6 +60,9 @@ def test_missing_folder_and_config(tmp_path):
         ({"files": ["missing.safetensors"]}, "tensor files missing"),
         ({"format_version": 7}, "format_version 7"),
         ({"role": "coarse"}, "used as the fine model"),
+        ({"input__tiling": "hexagonal"}, "input.tiling must be one of"),
+        ({"input__whole_max_voxels": 0}, "whole_max_voxels must be positive"),
+        ({"onnx": {"fp32": {"file": "model.onnx"}}}, "onnx.fp32 needs 'file' and 'sources'"),
     ],
 )
 def test_inconsistent_config_is_a_one_line_error(weights, change, message):
@@ -68,7 +75,7 @@ def test_inconsistent_config_is_a_one_line_error(weights, change, message):
 def test_tensors_that_do_not_fit_the_architecture(weights):
     _edit(weights / "fine", architecture__features=[4, 8, 32])
     with pytest.raises(WeightsError, match="do not match config.json's architecture"):
-        load_model(read_spec(weights / "fine"), torch.device("cpu"))
+        load_model(read_spec(weights / "fine"), CPU)
 
 
 def test_label_names_in_other_spellings():
@@ -82,7 +89,7 @@ def test_label_names_in_other_spellings():
 @pytest.mark.parametrize("dtype", [torch.int16, torch.float32])
 def test_normalize_never_changes_the_scan_it_reads(weights, dtype):
     """Both stages normalise the same scan; a float32 scan must not come back clipped and scaled."""
-    model = load_model(read_spec(weights / "fine", "fine"), torch.device("cpu"))
+    model = load_model(read_spec(weights / "fine", "fine"), CPU)
     scan = torch.tensor([[[-3000, -1000, 0, 40, 3000]]], dtype=dtype)
     before = scan.clone()
     out = model.normalize(scan)

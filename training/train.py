@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from app.geometry import bounding_box, expand_box_mm, resampled_shape
 from app.labels import FLARE_LABELS
-from app.model import save_model
+from app.convert.tensors import save_model
+from app.model import normalized
 from app.resample import resize_image, resize_labels
 from app.unet import UNet3D, UNetConfig, count_macs, count_parameters
 from evaluation.phantoms import generate
@@ -40,8 +41,7 @@ def label_names(cfg: dict) -> dict[str, str]:
 
 
 def normalise(image: torch.Tensor, intensity: dict) -> torch.Tensor:
-    lo, hi = intensity["clip"]
-    return image.float().clamp(lo, hi).sub(intensity["mean"]).div(intensity["std"])
+    return normalized(image, tuple(intensity["clip"]), intensity["mean"], intensity["std"])
 
 
 def training_volume(seed: list[int], role: str, cfg: dict, intensity: dict) -> tuple[torch.Tensor, torch.Tensor]:

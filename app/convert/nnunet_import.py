@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from .labels import flare_id
-from .model import save_tensors
-from .unet import UNet3D, UNetConfig
-from .weights import WeightsError, write_config
+from ..labels import flare_id
+from .tensors import save_tensors
+from ..unet import UNet3D, UNetConfig
+from ..weights import WeightsError, write_config
 
 SUPPORTED_NETWORK = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 

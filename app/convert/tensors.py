@@ -1,0 +1,29 @@
+"""Write a weights folder: a network's tensors as safetensors, plus its config.json."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..unet import UNet3D
+from ..weights import write_config
+
+
+def save_tensors(folder: str | Path, net: torch.nn.Module, name: str = "model.safetensors") -> None:
+    """One network's tensors as a safetensors file, readable by everyone the umask allows."""
+    from safetensors.torch import save_file
+
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(path))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # safetensors writes 0600; a container's unprivileged user must read it
+
+
+def save_model(folder: str | Path, net: UNet3D, config: dict, name: str = "model.safetensors") -> None:
+    """Write a weights folder: the network's tensors plus config.json (architecture filled in)."""
+    save_tensors(folder, net, name)
+    write_config(folder, {**config, "architecture": net.config.to_dict(), "files": [name]})
