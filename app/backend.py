@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -120,14 +121,15 @@ def choose(engine: str, device: str, precision: str = "auto") -> Placement:
     return Placement(engine, device, precision)
 
 
-class Backend:
+class Backend(ABC):
     """``tile -> logits`` on one engine, device and precision."""
 
     def __init__(self, placement: Placement) -> None:
         self.placement = placement
 
+    @abstractmethod
     def __call__(self, tile: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """``[1, 1, z, y, x]`` in the placement's tensor dtype on its device -> ``[1, C, z, y, x]`` likewise."""
 
     def sync(self) -> None:
         """Wait for the device, so that a stage's wall time includes its queued work."""
@@ -192,10 +194,10 @@ def build_network(spec: ModelSpec) -> nn.Module:
 
 
 class TorchBackend(Backend):
-    def __init__(self, spec: ModelSpec, placement: Placement, net: nn.Module | None = None) -> None:
+    def __init__(self, spec: ModelSpec, placement: Placement) -> None:
         super().__init__(placement)
         self.spec = spec
-        self.net = (net if net is not None else build_network(spec)).to(device=placement.torch_device, dtype=placement.tensor_dtype)
+        self.net = build_network(spec).to(device=placement.torch_device, dtype=placement.tensor_dtype)
 
     @torch.inference_mode()
     def __call__(self, tile: torch.Tensor) -> torch.Tensor:

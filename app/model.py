@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .architecture import UNetConfig
 from .backend import Backend, Placement, make_backend
 from .geometry import resampled_shape
 from .sliding_window import sliding_window_logits, whole_logits
@@ -61,8 +62,6 @@ class Model:
         CUDA). An explicit ``patch`` (the coarse model's grid, the out-of-memory retry) always tiles."""
         acc_dtype = torch.float16 if (accumulate_on or self.device).type == "cuda" and self.dtype == torch.float16 else torch.float32
         if patch is None and self.spec.tiling == "whole" and image.numel() <= self.spec.whole_max_voxels:
-            from .architecture import UNetConfig
-
             divisor = UNetConfig.from_dict(self.spec.architecture).divisor
             return whole_logits(self.backend, image, divisor, accumulate_dtype=acc_dtype).to(accumulate_on or self.device)
         return sliding_window_logits(
