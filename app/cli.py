@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -73,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     if args.command == "predict":
         return _predict(args)
-    if args.command == "import-nnunet":
-        return _import(args)
-    if args.command == "export-onnx":
-        return _export(args)
+    if args.command in ("import-nnunet", "export-onnx"):
+        if importlib.util.find_spec("app.convert") is None:  # the challenge image holds the runtime only
+            log.error("%s is an authoring tool (app/convert/), which this installation leaves out; run it from the repository", args.command)
+            return 2
+        return _import(args) if args.command == "import-nnunet" else _export(args)
     return 2
 
 

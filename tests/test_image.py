@@ -94,6 +94,14 @@ def test_every_module_the_engine_imports_is_in_the_image(image):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def test_authoring_tools_are_left_out_with_a_clear_line(image):
+    root, workspace = image
+    assert not (workspace / "app" / "convert").exists()
+    proc = subprocess.run([str(root / "venv" / "bin" / "python"), "-m", "app", "export-onnx"], cwd=workspace, capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "export-onnx is an authoring tool" in proc.stderr
+
+
 def test_predict_sh_runs_sandboxed_with_only_the_image_contents(image, tmp_path):
     root, workspace = image
     inputs, outputs, tmpdir = root / "inputs", root / "outputs", root / "tmp"
