@@ -27,6 +27,17 @@ def _labels_arg(text: str) -> tuple[int, ...] | None:
         raise argparse.ArgumentTypeError(f"expected organs, all, none or a list like 1,2,3; got {text!r}") from None
 
 
+def _shard_arg(text: str) -> tuple[int, int]:
+    """'K/N' with 0 <= K < N, e.g. 0/8 or $SLURM_ARRAY_TASK_ID/8."""
+    try:
+        k, n = (int(t) for t in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N such as 0/4; got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"shard {text}: K must be in 0..N-1")
+    return k, n
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description="Abdominal CT organ segmentation (FLARE labels).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-roi", action="store_true", help="skip the coarse model; run the fine model over the whole scan")
     p.add_argument("--preview", nargs="?", type=Path, const=True, default=None, metavar="DIR",
                    help="also write CASE.png (three views, mask over the scan, legend) beside each mask, or into DIR")
+    p.add_argument("--shard", type=_shard_arg, default=None, metavar="K/N",
+                   help="segment only shard K of N (K from 0) of the sorted cases: for Slurm job arrays and Kubernetes Indexed Jobs")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines or bar (the per-case summary line stays)")
     p.add_argument("-v", "--verbose", action="store_true")
 
@@ -132,6 +145,7 @@ def _predict(args: argparse.Namespace) -> int:
         use_roi=not args.no_roi,
         timings=args.timings,
         progress=not args.quiet,
+        shard=args.shard,
         preview=args.output if args.preview is True else args.preview,
     )
     try:

@@ -45,6 +45,7 @@ class Options:
     timings: Path | None = None
     progress: bool = True  # case i of N, stage and time left on stderr (off: --quiet)
     preview: Path | None = None  # folder for one PNG per case (mask over the scan), or None
+    shard: tuple[int, int] | None = None  # (k, n): only the sorted cases i with i % n == k (Slurm arrays, Indexed Jobs)
 
 
 @dataclass
@@ -128,7 +129,11 @@ def predict_folder(in_dir: Path, out_dir: Path, options: Options, stages: Stages
     if removed:
         log.info("removed %d temporary file(s) left in %s by an interrupted run", len(removed), out_dir)
 
-    results = {p: _failed(p.name, reason) for p, reason in output_collisions(scans).items()}
+    clashes = output_collisions(scans)  # over every case, so that shards cannot write one mask twice
+    if options.shard is not None:
+        scans = shard_of(scans, *options.shard)
+        log.info("shard %d of %d: %d case(s)", options.shard[0], options.shard[1], len(scans))
+    results = {p: _failed(p.name, clashes[p]) for p in scans if p in clashes}
     todo = [p for p in scans if p not in results]
     if todo:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader") as reader, Progress(len(todo), options.progress) as progress:
@@ -144,6 +149,14 @@ def predict_folder(in_dir: Path, out_dir: Path, options: Options, stages: Stages
     ordered = [results[p] for p in scans]
     _log_summary(ordered)
     return ordered
+
+
+def shard_of(cases: list[Path], k: int, n: int) -> list[Path]:
+    """Shard ``k`` of ``n`` (from 0) of a sorted case list: every n-th case from the k-th, so that
+    shards get cases of every size and together hold each case exactly once."""
+    if not 0 <= k < n:
+        raise SetupError(f"shard {k}/{n}: k must be in 0..{n - 1}")
+    return sorted(cases)[k::n]
 
 
 def _failed(name: str, reason: str) -> CaseResult:

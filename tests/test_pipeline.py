@@ -266,6 +266,23 @@ def test_whole_crop_tiling_keeps_the_geometry(weights, tmp_path):
     assert len(np.unique(sitk.GetArrayFromImage(mask))) > 1
 
 
+def test_shards_cover_every_case_exactly_once(weights, tmp_path):
+    scan = np.full((8, 32, 32), -1000, np.int16)
+    scan[2:6, 8:24, 8:24] = 40
+    names = [f"c{i}" for i in range(7)]
+    for name in names:
+        write_image(tmp_path / "in" / f"{name}_0000.nii.gz", scan)
+    written = []
+    for k in range(3):
+        out = tmp_path / f"out{k}"
+        proc = _run_cli("predict", "-i", tmp_path / "in", "-o", out, "--weights", weights, "--device", "cpu", "--shard", f"{k}/3", "--quiet")
+        assert proc.returncode == 0, proc.stderr
+        written += sorted(p.name for p in out.iterdir())
+    assert sorted(written) == sorted(f"{n}.nii.gz" for n in names)  # each case once, in one shard
+    bad = _run_cli("predict", "-i", tmp_path / "in", "-o", tmp_path / "o", "--shard", "3/3")
+    assert bad.returncode == 2 and "K must be in 0..N-1" in bad.stderr
+
+
 def test_no_roi_and_label_upsampling_modes(weights, tmp_path):
     shutil.copy(REAL_CASES[-1], tmp_path / "x_0000.nii.gz")
     a = predict_folder(tmp_path, tmp_path / "a", _opts(weights, use_roi=False, upsample="labels", keep_largest=()))
