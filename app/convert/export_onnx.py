@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import torch
 
 from ..architecture import UNetConfig
 from ..backend import build_network, tensor_digest
+from ..nifti import write_atomically
 from ..weights import CONFIG_NAME, read_spec, write_config
 
 OPSET = 17
@@ -47,17 +46,11 @@ def export_onnx(folder: Path, precisions: tuple[str, ...] = ("fp32", "fp16")) ->
         half = precision == "fp16"
         module, x = (copy.deepcopy(net).half(), example.half()) if half else (net, example)
         path = folder / FILES[precision]
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and trace notes
-                torch.onnx.export(module, (x,), tmp, dynamo=False, opset_version=OPSET, input_names=["image"], output_names=["logits"],
-                                  dynamic_axes={"image": axes, "logits": axes})
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and trace notes
+            write_atomically(path, lambda tmp, module=module, x=x: torch.onnx.export(
+                module, (x,), tmp, dynamo=False, opset_version=OPSET, input_names=["image"], output_names=["logits"],
+                dynamic_axes={"image": axes, "logits": axes}))
         entries[precision] = {"file": path.name, "sources": sources, "opset": OPSET}
     raw = {k: v for k, v in json.loads((folder / CONFIG_NAME).read_text()).items() if k != "format_version"}
     write_config(folder, {**raw, "onnx": entries})

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from ..nifti import write_atomically
 from ..unet import UNet3D
 from ..weights import write_config
 
@@ -17,10 +17,9 @@ def save_tensors(folder: str | Path, net: torch.nn.Module, name: str = "model.sa
 
     path = Path(folder) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(path))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)  # safetensors writes 0600; a container's unprivileged user must read it
+    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    # atomically, and with the umask's permissions: safetensors alone writes 0600, which a container's unprivileged user cannot read
+    write_atomically(path, lambda tmp: save_file(tensors, tmp))
 
 
 def save_model(folder: str | Path, net: UNet3D, config: dict, name: str = "model.safetensors") -> None:
