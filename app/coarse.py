@@ -8,12 +8,11 @@ import torch
 
 from .geometry import Box, bounding_box, expand_box_mm, map_box
 from .model import Model
-from .resample import resize_image
 
 
 def coarse_labels(model: Model, image: torch.Tensor, spacing: tuple[float, float, float]) -> np.ndarray:
     """FLARE labels of the whole scan on the coarse grid (uint8, CPU)."""
-    x = resize_image(model.normalize(image), model.grid(tuple(image.shape), spacing))
+    x, _ = model.on_grid(image, spacing)
     patch = model.spec.size or model.spec.patch_size
     labels = model.logits(x, patch=patch).argmax(0)
     return model.lut[labels].cpu().numpy()

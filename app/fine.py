@@ -13,7 +13,7 @@ import torch
 
 from .architecture import UNetConfig
 from .model import Model
-from .resample import argmax_resized, resize_image, resize_labels
+from .resample import resize_labels
 
 log = logging.getLogger("app")
 
@@ -30,14 +30,14 @@ def segment_crop(
 ) -> torch.Tensor:
     """FLARE labels (uint8) of a raw-HU ``[Z, Y, X]`` crop, on the crop's grid and device."""
     shape = tuple(crop.shape)
-    x = resize_image(model.normalize(crop), model.grid(shape, spacing))
+    x, grid_spacing = model.on_grid(crop, spacing)
     logits = model.logits(x, patch=patch, accumulate_on=accumulate_on)
     del x
     logits = logits.to(model.device)
     if upsample == "labels":
         labels = resize_labels(logits.argmax(0).to(torch.uint8), shape)  # type: ignore[arg-type]
     elif upsample == "logits":
-        labels = argmax_resized(logits, shape)  # type: ignore[arg-type]
+        labels = model.labels_back(logits, shape, grid_spacing, spacing)  # type: ignore[arg-type]
     else:
         raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
     del logits

@@ -69,5 +69,9 @@ def expand_box_mm(box: Box, spacing: tuple[float, ...], margin_mm: float, shape:
 
 
 def resampled_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target: tuple[float, ...]) -> tuple[int, ...]:
-    """Grid size that covers the same extent at the target spacing (at least one voxel)."""
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+    """Grid size that covers the same extent at the target spacing (at least one voxel).
+
+    Computed as nnU-Net's ``compute_new_shape`` does (``s / t * n``, Python's round), so an imported
+    model sees the grid it was trained on even where a product lands on .5.
+    """
+    return tuple(max(1, int(round(s / t * n))) for n, s, t in zip(shape, spacing, target))

@@ -9,6 +9,7 @@ import torch
 from .architecture import UNetConfig
 from .backend import Backend, Placement, make_backend
 from .geometry import resampled_shape
+from .resample import labels_from_logits, to_model_grid
 from .sliding_window import sliding_window_logits, whole_logits
 from .weights import ModelSpec
 
@@ -56,6 +57,21 @@ class Model:
         """The model's intensity window, in its tensor dtype on its device (a new tensor)."""
         return normalized(image, self.spec.clip, self.spec.mean, self.spec.std, self.device, self.dtype)
 
+    def on_grid(self, image: torch.Tensor, spacing: tuple[float, float, float]) -> tuple[torch.Tensor, tuple[float, float, float]]:
+        """A raw-HU ``[Z, Y, X]`` volume normalised, then resampled onto the model's grid by the
+        model's rule (nnU-Net's order also: normalise first); with the grid's spacing."""
+        grid = self.grid(tuple(image.shape), spacing)
+        grid_spacing = tuple(s * n / g for s, n, g in zip(spacing, image.shape, grid)) if self.spec.spacing is None else self.spec.spacing
+        how = self.spec.resampling
+        if how.scheme == "trilinear":
+            return to_model_grid(self.normalize(image), grid, spacing, grid_spacing, how), grid_spacing  # type: ignore[return-value]
+        x = normalized(image, self.spec.clip, self.spec.mean, self.spec.std, self.device)  # float32 for the splines
+        return to_model_grid(x, grid, spacing, grid_spacing, how).to(self.dtype), grid_spacing  # type: ignore[return-value]
+
+    def labels_back(self, logits: torch.Tensor, shape: tuple[int, int, int], grid_spacing: tuple[float, ...], spacing: tuple[float, ...]) -> torch.Tensor:
+        """uint8 output channels of the model's logits brought back to a volume's ``shape`` by its rule."""
+        return labels_from_logits(logits, shape, grid_spacing, spacing, self.spec.resampling)
+
     def logits(self, image: torch.Tensor, patch: tuple[int, int, int] | None = None, accumulate_on: torch.device | None = None) -> torch.Tensor:
         """Logits of a normalised ``[Z, Y, X]`` image: one pass over it where the model's tiling is
         ``whole`` and it fits, else Gaussian-weighted tiles (FP16 sums where the tensors are FP16 on
@@ -73,6 +89,7 @@ class Model:
             accumulate_on=accumulate_on,
             accumulate_dtype=acc_dtype,
             mirror_axes=self.spec.mirror_axes,
+            blending=self.spec.blending,
         )
 
     def on(self, backend: Backend) -> Model:

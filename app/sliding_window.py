@@ -25,6 +25,18 @@ def gaussian_weights(patch: tuple[int, ...], sigma_scale: float = 1 / 8) -> np.n
     return w.astype(np.float32)
 
 
+BLENDINGS = ("fp32", "nnunet")
+
+
+@functools.lru_cache(maxsize=8)
+def nnunet_gaussian(patch: tuple[int, ...]) -> torch.Tensor:
+    """nnU-Net's own FP16 importance map (``compute_gaussian(value_scaling_factor=10)``): peak 10,
+    cast to FP16, then the values that underflowed to 0 raised to the smallest non-zero one."""
+    w = torch.from_numpy(gaussian_weights(patch).astype(np.float64) * 10).half()
+    w[w == 0] = w[w != 0].min()
+    return w
+
+
 def tile_starts(size: int, patch: int, step: float) -> list[int]:
     """Evenly spread tile origins covering ``size`` with overlap ``1 - step`` (nnU-Net's rule)."""
     if size <= patch:
@@ -58,18 +70,29 @@ def sliding_window_logits(
     accumulate_on: torch.device | None = None,
     accumulate_dtype: torch.dtype = torch.float32,
     mirror_axes: Sequence[int] = (),
+    blending: str = "fp32",
 ) -> torch.Tensor:
     """Logits ``[C, Z, Y, X]`` for a normalised ``[Z, Y, X]`` image; ``model`` is any ``tile -> logits``
     callable (``[1, 1, z, y, x] -> [1, C, z, y, x]``), a backend or a plain module.
 
     Tiles run on the image's device; the weighted sums live on ``accumulate_on`` (the same
-    device by default, the CPU as an out-of-memory fallback) in ``accumulate_dtype``.
+    device by default, the CPU as an out-of-memory fallback) in ``accumulate_dtype``. Blending
+    ``nnunet`` does nnU-Net's own arithmetic instead (FP16 sums, each tile's FP32 product rounded
+    once as it is added, weights ``nnunet_gaussian``): where the outer tiles' weights are tiny or
+    underflow, at the volume's faces, nnU-Net's logits are coarsely rounded, and imported models
+    then give nnU-Net's very masks there too.
     """
+    if blending not in BLENDINGS:
+        raise ValueError(f"blending must be one of {BLENDINGS}, got {blending!r}")
     device = image.device
     acc_dev = accumulate_on or device
     padded, crop = pad_to(image, patch)
     shape = padded.shape
-    weight = torch.from_numpy(gaussian_weights(tuple(patch))).to(device=device, dtype=image.dtype)
+    if blending == "nnunet":
+        accumulate_dtype = torch.float16
+        weight = nnunet_gaussian(tuple(patch)).to(device)
+    else:
+        weight = torch.from_numpy(gaussian_weights(tuple(patch))).to(device=device, dtype=image.dtype)
     logits = torch.zeros((num_classes, *shape), dtype=accumulate_dtype, device=acc_dev)
     norm = torch.zeros(tuple(shape), dtype=accumulate_dtype, device=acc_dev)
     w_acc = weight.to(device=acc_dev, dtype=accumulate_dtype)
@@ -81,7 +104,10 @@ def sliding_window_logits(
         for axes in _mirror_sets(mirror_axes):
             pred = pred + torch.flip(model(torch.flip(tile, [a + 2 for a in axes])), [a + 2 for a in axes])
         pred = pred[0] / (1 + len(_mirror_sets(mirror_axes)))
-        logits[(slice(None), *sl)] += (pred * weight).to(device=acc_dev, dtype=accumulate_dtype)
+        if blending == "nnunet":  # FP32 product, rounded to FP16 once, in the sum
+            logits[(slice(None), *sl)] += (pred.float() * weight).to(acc_dev)
+        else:
+            logits[(slice(None), *sl)] += (pred * weight).to(device=acc_dev, dtype=accumulate_dtype)
         norm[sl] += w_acc
     logits /= norm
     return logits[(slice(None), *crop)]

@@ -22,6 +22,7 @@ CONFIG_NAME = "config.json"
 FOREGROUND = "foreground"  # a coarse model may be binary: background / all organs
 FOREGROUND_ID = 255
 TILINGS = ("sliding", "whole")
+BLENDINGS = ("fp32", "nnunet")  # as app.sliding_window.BLENDINGS (this module stays torch-free)
 WHOLE_MAX_VOXELS = 12_000_000  # inputs above this are tiled even with tiling "whole": one pass's memory grows with the input
 
 
@@ -37,6 +38,60 @@ class OnnxExport:
     sources: dict[str, str]  # tensor file -> sha256 at export time: a mismatch means the graph is stale
 
 
+RESAMPLE_SCHEMES = ("trilinear", "nnunet")
+
+
+@dataclass(frozen=True)
+class Resampling:
+    """How a volume reaches the model's grid and its logits come back.
+
+    ``trilinear`` (our models); ``nnunet``: nnU-Net v2's ``resample_data_or_seg_to_shape`` rules,
+    which imported models were trained under: the image by B-splines of ``order``, the logits of
+    ``logits_order``, and where one axis's spacing exceeds the finest by more than
+    ``anisotropy_threshold`` (or ``force_separate_z``) that axis apart with ``order_z`` / ``logits_order_z``.
+    """
+
+    scheme: str = "trilinear"
+    order: int = 3
+    order_z: int = 0
+    logits_order: int = 1
+    logits_order_z: int = 0
+    force_separate_z: bool | None = None
+    anisotropy_threshold: float = 3.0
+
+    def to_dict(self) -> dict[str, Any] | str:
+        if self.scheme == "trilinear":
+            return "trilinear"
+        return {"scheme": self.scheme, "order": self.order, "order_z": self.order_z, "logits_order": self.logits_order,
+                "logits_order_z": self.logits_order_z, "force_separate_z": self.force_separate_z,
+                "anisotropy_threshold": self.anisotropy_threshold}
+
+
+def parse_resampling(value: Any, path: Path) -> Resampling:
+    """``input.resample``: "trilinear", "nnunet" (nnU-Net's defaults) or an object of Resampling's fields."""
+    if isinstance(value, str):
+        value = {"scheme": value}
+    if not isinstance(value, dict):
+        raise _fail(path, f"input.resample must be one of {list(RESAMPLE_SCHEMES)} or an object, got {value!r}")
+    unknown = sorted(set(value) - set(Resampling.__dataclass_fields__))
+    if unknown:
+        raise _fail(path, f"input.resample: unknown fields {unknown}")
+    try:
+        how = Resampling(**value)
+    except TypeError as e:
+        raise _fail(path, f"input.resample: {e}") from None
+    if how.scheme not in RESAMPLE_SCHEMES:
+        raise _fail(path, f"input.resample.scheme must be one of {list(RESAMPLE_SCHEMES)}, got {how.scheme!r}")
+    for key in ("order", "order_z", "logits_order", "logits_order_z"):
+        if getattr(how, key) not in (0, 1, 3) or isinstance(getattr(how, key), bool):
+            raise _fail(path, f"input.resample.{key} must be a spline order 0, 1 or 3, got {getattr(how, key)!r}")
+    if how.force_separate_z not in (None, True, False):
+        raise _fail(path, f"input.resample.force_separate_z must be null, true or false, got {how.force_separate_z!r}")
+    if not isinstance(how.anisotropy_threshold, (int, float)) or how.anisotropy_threshold <= 0:
+        raise _fail(path, f"input.resample.anisotropy_threshold must be a positive number, got {how.anisotropy_threshold!r}")
+    return how
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything in config.json, validated. Spacings and sizes are canonical ``[z, y, x]``."""
@@ -50,8 +105,10 @@ class ModelSpec:
     step: float
     tiling: str  # "sliding" (nnU-Net's Gaussian-weighted tiles) or "whole" (one pass over the crop when it fits)
     whole_max_voxels: int  # the largest input run in one pass; larger ones are tiled
+    blending: str  # tile sums: "fp32" (ours), or "nnunet" (nnU-Net's FP16 arithmetic, for its exact masks)
     mirror_axes: tuple[int, ...]
     orientation: str  # "LPS" (canonical, default), another code such as "RAS", or "stored"
+    resampling: Resampling  # how volumes reach the model's grid and logits come back
     crop_nonzero: bool  # nnU-Net crops to the box of non-zero voxels before predicting
     clip: tuple[float, float]
     mean: float
@@ -132,6 +189,9 @@ def read_spec(folder: str | Path, role: str | None = None) -> ModelSpec:
     whole_max = int(inp.get("whole_max_voxels", WHOLE_MAX_VOXELS))
     if whole_max <= 0:
         raise _fail(cfg_path, f"input.whole_max_voxels must be positive, got {whole_max}")
+    blending = str(inp.get("blending", "fp32"))
+    if blending not in BLENDINGS:
+        raise _fail(cfg_path, f"input.blending must be one of {list(BLENDINGS)}, got {blending!r}")
     mirror = tuple(int(a) for a in inp.get("mirror_axes", []))
     if any(a not in (0, 1, 2) for a in mirror):
         raise _fail(cfg_path, f"input.mirror_axes must be axes 0-2, got {list(mirror)}")
@@ -142,6 +202,8 @@ def read_spec(folder: str | Path, role: str | None = None) -> ModelSpec:
             code_direction(orientation)
         except ValueError as e:
             raise _fail(cfg_path, f"input.orientation: {e}, or 'stored'") from None
+
+    resampling = parse_resampling(inp.get("resample", "trilinear"), cfg_path)
 
     inten = raw["intensity"]
     try:
@@ -189,8 +251,10 @@ def read_spec(folder: str | Path, role: str | None = None) -> ModelSpec:
         step=step,
         tiling=tiling,
         whole_max_voxels=whole_max,
+        blending=blending,
         mirror_axes=mirror,
         orientation=orientation,
+        resampling=resampling,
         crop_nonzero=bool(inp.get("crop_nonzero", False)),
         clip=clip,
         mean=mean,

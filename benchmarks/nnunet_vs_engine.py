@@ -3,11 +3,16 @@
 Each (method, case) runs in a fresh subprocess, so wall time includes model loading and reading and
 writing NIfTI, and peak memory is the process's own (max RSS on the CPU; torch's peak allocation
 on a GPU). Methods: nnU-Net's nnUNetPredictor (no mirroring, step 0.5, Gaussian); our engine with
---no-roi (the same settings: the like-for-like comparison); and our coarse-to-fine mode (a coarse
-model in front, ROI + 20 mm), with its agreement to nnU-Net's output.
+--no-roi (the same settings: the like-for-like comparison) as imported (``exact``: nnU-Net's
+B-spline resampling and FP16 tile sums) and with those two set back to ours (``trilinear``); with
+--coarse, also the coarse-to-fine mode (a coarse model in front, ROI + 20 mm). The imported model is
+exported to ONNX first, so the engine runs its default backend (OpenVINO on the CPU).
 
     python -m benchmarks.nnunet_vs_engine (--model NNUNET_DIR | --from-weights weights/fine) [--coarse weights/coarse]
-                                          [--cases DIR] [--device cpu|cuda]
+                                          [--cases DIR] [--phantoms] [--device cpu|cuda]
+
+--phantoms adds phantoms at 0.6-1.0 mm in-plane and 0.7, 0.8, 1.0, 2.5 and 5 mm slices
+(320 x 320 voxels in-plane, about 120 mm long, fixed seeds).
 
 --from-weights writes one of our trained weights folders out as an nnU-Net v2 results folder
 (plans, dataset.json, fold_all/checkpoint_final.pth), so a trained network is compared when no
@@ -36,7 +41,7 @@ CHILD = r"""
 import json, resource, sys, time, torch
 from pathlib import Path
 t0 = time.perf_counter()
-method, model, case, out, device, weights = sys.argv[1:7]
+method, model, case, out, device, weights, use_roi = sys.argv[1:8]
 dev = torch.device(device)
 if method == "nnunet":
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -51,7 +56,7 @@ else:
     from app.pipeline import Options, predict_folder
     import shutil, tempfile
     tmp = Path(tempfile.mkdtemp()); shutil.copy(case, tmp / Path(case).name)
-    r = predict_folder(tmp, Path(out).parent, Options(weights=Path(weights), device=device, use_roi=method == "roi", keep_largest=()))
+    r = predict_folder(tmp, Path(out).parent, Options(weights=Path(weights), device=device, use_roi=use_roi == "1", keep_largest=(), progress=False))
     assert r[0].ok, r[0].error
     produced = Path(out).parent / r[0].name.replace("_0000.nii.gz", ".nii.gz")
     produced.rename(out)
@@ -60,16 +65,16 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mib": peak}))
 """
 
 
-def run(method: str, model: Path, case: Path, out: Path, device: str, weights: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, method, str(model), str(case), str(out), device, str(weights)],
+def run(method: str, model: Path, case: Path, out: Path, device: str, weights: Path, use_roi: bool = False) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, method, str(model), str(case), str(out), device, str(weights), str(int(use_roi))],
                           cwd=REPO, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{method} on {case.name} failed: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def agreement(a: Path, b: Path, lut: np.ndarray | None) -> float:
-    """Mean DSC over the labels either mask has (b mapped through lut to FLARE ids)."""
+def agreement(a: Path, b: Path, lut: np.ndarray | None) -> tuple[float, float]:
+    """Mean DSC over the labels either mask has (b mapped through lut to FLARE ids), and the share of equal voxels."""
     import SimpleITK as sitk
 
     from evaluation.metrics import dice
@@ -79,7 +84,7 @@ def agreement(a: Path, b: Path, lut: np.ndarray | None) -> float:
     if lut is not None:
         y = lut[y]
     labels = sorted((set(np.unique(x)) | set(np.unique(y))) - {0})
-    return float(np.mean([dice(x == v, y == v) for v in labels])) if labels else 1.0
+    return (float(np.mean([dice(x == v, y == v) for v in labels])) if labels else 1.0), float((x == y).mean())
 
 
 def demo_model(root: Path) -> Path:
@@ -92,88 +97,92 @@ def demo_model(root: Path) -> Path:
     return t.make_nnunet_folder(root, spacing=(3.0, 1.5, 1.5), patch=(48, 128, 128))
 
 
-def export_as_nnunet(weights: Path, root: Path) -> Path:
-    """Our weights folder as an nnU-Net v2 results folder (the inverse of app.convert.nnunet_import)."""
-    import re
-
-    import torch
-    from dynamic_network_architectures.architectures.unet import PlainConvUNet
-    from safetensors.torch import load_file
-
+def nnunet_folder_from_weights(weights: Path, root: Path) -> Path:
     sys.path.insert(0, str(REPO))
-    from tests import test_nnunet as t
+    from tests.test_nnunet import nnunet_folder_from_weights as build
 
-    cfg = json.loads((weights / "config.json").read_text())
-    a = cfg["architecture"]
-    arch = dict(t.ARCH, n_stages=len(a["features"]), features_per_stage=a["features"], kernel_sizes=a["kernel_sizes"], strides=a["strides"],
-                n_conv_per_stage=a["n_conv_per_stage"], n_conv_per_stage_decoder=a["n_conv_per_stage_decoder"])
-    plans = t._plans(cfg["input"]["spacing"], cfg["input"]["patch_size"])
-    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"] = arch
-    lo, hi = cfg["intensity"]["clip"]
-    plans["foreground_intensity_properties_per_channel"]["0"].update(percentile_00_5=lo, percentile_99_5=hi, mean=cfg["intensity"]["mean"], std=cfg["intensity"]["std"])
-    dataset = {"channel_names": {"0": "CT"}, "labels": {n: int(c) for c, n in cfg["labels"].items()}, "numTraining": 1, "file_ending": ".nii.gz"}
-    kw = dict(arch, conv_op=torch.nn.Conv3d, norm_op=torch.nn.InstanceNorm3d, dropout_op=None, nonlin=torch.nn.LeakyReLU)
-    net = PlainConvUNet(input_channels=1, num_classes=len(cfg["labels"]), deep_supervision=False, **kw)
-    ours = load_file(str(weights / cfg["files"][0]))
-    last = len(a["features"]) - 2
-    state = {}
-    for key, value in net.state_dict().items():
-        k = re.sub(r"^decoder\.encoder\.", "encoder.", key).replace("all_modules.0", "conv").replace("all_modules.1", "norm")
-        k = re.sub(r"^encoder\.stages\.(\d+)\.0\.convs\.", r"encoder.stages.\1.", k)
-        k = re.sub(r"^decoder\.stages\.(\d+)\.convs\.", r"decoder.stages.\1.", k)
-        k = re.sub(rf"^decoder\.seg_layers\.{last}\.", "decoder.seg.", k)
-        state[key] = ours.get(k, value)
-    root.mkdir(parents=True)
-    (root / "plans.json").write_text(json.dumps(plans))
-    (root / "dataset.json").write_text(json.dumps(dataset))
-    (root / "fold_all").mkdir()
-    torch.save({"network_weights": state, "trainer_name": "nnUNetTrainer", "init_args": {"configuration": "3d_fullres"},
-                "inference_allowed_mirroring_axes": (0, 1, 2)}, root / "fold_all" / "checkpoint_final.pth")
-    return root
+    return build(weights, root)
+
+
+PHANTOM_SPACINGS = [(0.6, 0.7), (0.7, 0.8), (0.8, 1.0), (0.9, 2.5), (1.0, 5.0)]  # (in-plane, slice) mm
+
+
+def write_phantoms(folder: Path) -> None:
+    from evaluation.phantoms import generate, write
+
+    for i, (inplane, thick) in enumerate(PHANTOM_SPACINGS):
+        ph = generate([3016, i], spacing=(inplane, thick), size=320, slices=int(round(120 / thick)))
+        write(ph, folder / f"phantom_{inplane}x{thick}_0000.nii.gz", None)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--from-weights", type=Path, default=None, help="export this weights folder as the nnU-Net model")
-    ap.add_argument("--coarse", type=Path, default=REPO / "weights" / "coarse")
+    ap.add_argument("--coarse", type=Path, default=None, help="a coarse model folder: adds the coarse-to-fine row")
     ap.add_argument("--cases", type=Path, default=SHARED / "images")
+    ap.add_argument("--phantoms", action="store_true", help="add phantoms at other spacings")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
-    from app.labels import flare_id
+    from app.convert.export_onnx import export_onnx
     from app.convert.nnunet_import import import_nnunet
+    from app.labels import flare_id
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         if args.model:
             model = args.model
         elif args.from_weights:
-            model = export_as_nnunet(args.from_weights, tmp / "nnunet")
+            model = nnunet_folder_from_weights(args.from_weights, tmp / "nnunet")
         else:
             model = demo_model(tmp / "nnunet")
-        weights = tmp / "weights"
-        import_nnunet(model, ["all"], "checkpoint_final.pth", "fine", weights / "fine")
-        if args.coarse.is_dir():
-            shutil.copytree(args.coarse, weights / "coarse")
+        weights = {"exact": tmp / "exact", "trilinear": tmp / "trilinear"}
+        import_nnunet(model, ["all"], "checkpoint_final.pth", "fine", weights["exact"] / "fine")
+        export_onnx(weights["exact"] / "fine")
+        shutil.copytree(weights["exact"], weights["trilinear"])
+        config = weights["trilinear"] / "fine" / "config.json"
+        cfg = json.loads(config.read_text())
+        cfg["input"].update(resample="trilinear", blending="fp32")
+        config.write_text(json.dumps(cfg, indent=1))
+        methods = ["nnunet", "exact", "trilinear"]
+        if args.coarse:
+            shutil.copytree(args.coarse, weights["exact"] / "coarse")
+            methods.append("roi")
         labels = json.loads((model / "dataset.json").read_text())["labels"]
         lut = np.zeros(max(labels.values()) + 1, np.uint8)
         for name, value in labels.items():
             lut[value] = flare_id(name) or 0
-        methods = ["nnunet", "noroi"] + (["roi"] if (weights / "coarse").is_dir() else [])
+        cases = sorted(args.cases.glob("*.nii.gz"))
+        if args.phantoms:
+            (tmp / "phantoms").mkdir()
+            write_phantoms(tmp / "phantoms")
+            cases += sorted((tmp / "phantoms").glob("*.nii.gz"))
         print(f"model {model.name}, device {args.device}, median of {args.repeats}")
-        print(f"{'case':<28} {'method':<8} {'seconds':>8} {'peak MiB':>9} {'speed-up':>9} {'mem ratio':>9} {'agreement':>9}")
-        for case in sorted(args.cases.glob("*.nii.gz")):
+        print(f"{'case':<30} {'spacing (mm)':<18} {'method':<10} {'seconds':>8} {'peak MiB':>9} {'speed-up':>9} {'mem ratio':>9} "
+              f"{'agreement':>9} {'voxels':>8}")
+        for case in cases:
             res = {}
             for m in methods:
-                runs = [run(m, model, case, tmp / f"{m}.nii.gz", args.device, weights) for _ in range(args.repeats)]
+                w = weights["trilinear" if m == "trilinear" else "exact"]
+                runs = [run(m, model, case, tmp / f"{m}.nii.gz", args.device, w, use_roi=m == "roi") for _ in range(args.repeats)]
                 res[m] = {"seconds": statistics.median(r["seconds"] for r in runs), "peak_mib": max(r["peak_mib"] for r in runs)}
+            spacing = "x".join(f"{s:.2f}".rstrip("0").rstrip(".") for s in _spacing(case))
             for m in methods:
-                r = res[m]
-                base = res["nnunet"]
-                agree = "-" if m == "nnunet" else f"{agreement(tmp / f'{m}.nii.gz', tmp / 'nnunet.nii.gz', lut):.4f}"
-                print(f"{case.name:<28} {m:<8} {r['seconds']:8.2f} {r['peak_mib']:9.0f} {base['seconds'] / r['seconds']:9.2f} "
-                      f"{r['peak_mib'] / base['peak_mib']:9.2f} {agree:>9}")
+                r, base = res[m], res["nnunet"]
+                agree = ("-", "-") if m == "nnunet" else agreement(tmp / f"{m}.nii.gz", tmp / "nnunet.nii.gz", lut)
+                agree_s = agree if m == "nnunet" else (f"{agree[0]:.4f}", f"{agree[1]:.5f}")
+                print(f"{case.name:<30} {spacing:<18} {m:<10} {r['seconds']:8.2f} {r['peak_mib']:9.0f} {base['seconds'] / r['seconds']:9.2f} "
+                      f"{r['peak_mib'] / base['peak_mib']:9.2f} {agree_s[0]:>9} {agree_s[1]:>8}", flush=True)
+
+
+def _spacing(case: Path) -> tuple[float, ...]:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(case))
+    reader.ReadImageInformation()
+    return tuple(reader.GetSpacing()[::-1])
 
 
 if __name__ == "__main__":

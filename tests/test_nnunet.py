@@ -81,6 +81,52 @@ def make_nnunet_folder(root: Path, spacing=(3.0, 3.0, 3.0), patch=(16, 48, 48), 
     return root
 
 
+def nnunet_folder_from_weights(weights: Path, root: Path, spacing=None, patch=None, folds=("all",), seed=0) -> Path:
+    """One of our weights folders as an nnU-Net v2 results folder (the importer's inverse), so that a
+    trained network, whose labels are stable, is compared. Plans may claim another ``spacing`` and
+    ``patch``; folds after the first are the same network with 1 % multiplicative noise (an ensemble
+    whose members differ, as trained folds do)."""
+    import re
+
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from safetensors.torch import load_file
+
+    cfg = json.loads((weights / "config.json").read_text())
+    a = cfg["architecture"]
+    arch = dict(ARCH, n_stages=len(a["features"]), features_per_stage=a["features"], kernel_sizes=a["kernel_sizes"], strides=a["strides"],
+                n_conv_per_stage=a["n_conv_per_stage"], n_conv_per_stage_decoder=a["n_conv_per_stage_decoder"])
+    plans = _plans(list(spacing or cfg["input"]["spacing"]), list(patch or cfg["input"]["patch_size"]))
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"] = arch
+    lo, hi = cfg["intensity"]["clip"]
+    plans["foreground_intensity_properties_per_channel"]["0"].update(percentile_00_5=lo, percentile_99_5=hi, mean=cfg["intensity"]["mean"], std=cfg["intensity"]["std"])
+    dataset = {"channel_names": {"0": "CT"}, "labels": {n: int(c) for c, n in cfg["labels"].items()}, "numTraining": 1, "file_ending": ".nii.gz"}
+    kw = dict(arch, conv_op=torch.nn.Conv3d, norm_op=torch.nn.InstanceNorm3d, dropout_op=None, nonlin=torch.nn.LeakyReLU)
+    net = PlainConvUNet(input_channels=1, num_classes=len(cfg["labels"]), deep_supervision=False, **kw)
+    ours = load_file(str(weights / cfg["files"][0]))
+    last = len(a["features"]) - 2
+    state = {}
+    for key, value in net.state_dict().items():
+        k = re.sub(r"^decoder\.encoder\.", "encoder.", key).replace("all_modules.0", "conv").replace("all_modules.1", "norm")
+        k = re.sub(r"^encoder\.stages\.(\d+)\.0\.convs\.", r"encoder.stages.\1.", k)
+        k = re.sub(r"^decoder\.stages\.(\d+)\.convs\.", r"decoder.stages.\1.", k)
+        k = re.sub(rf"^decoder\.seg_layers\.{last}\.", "decoder.seg.", k)
+        state[key] = ours.get(k, value)
+    root.mkdir(parents=True)
+    (root / "plans.json").write_text(json.dumps(plans))
+    (root / "dataset.json").write_text(json.dumps(dataset))
+    net.load_state_dict(state)
+    noise = torch.Generator().manual_seed(seed)
+    for i, fold in enumerate(folds):
+        if i:  # parameters, not state-dict entries: the decoder holds the encoder's tensors under a second name
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.mul_(1 + 0.01 * torch.randn(p.shape, generator=noise))
+        (root / f"fold_{fold}").mkdir()
+        torch.save({"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer", "init_args": {"configuration": "3d_fullres"},
+                    "inference_allowed_mirroring_axes": (0, 1, 2)}, root / f"fold_{fold}" / "checkpoint_final.pth")
+    return root
+
+
 def nnunet_predict(model: Path, image: Path, folds=("all",)):
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -127,7 +173,10 @@ def _cases(tmp: Path) -> list[Path]:
 
 def test_import_writes_our_format(imported):
     cfg = json.loads((imported / "config.json").read_text())
-    assert cfg["input"] == {"spacing": [3.0, 3.0, 3.0], "patch_size": [16, 48, 48], "step": 0.5, "mirror_axes": [], "orientation": "stored", "crop_nonzero": True}
+    resample = {"scheme": "nnunet", "order": 3, "order_z": 0, "logits_order": 1, "logits_order_z": 0, "force_separate_z": None,
+                "anisotropy_threshold": 3.0}
+    assert cfg["input"] == {"spacing": [3.0, 3.0, 3.0], "patch_size": [16, 48, 48], "step": 0.5, "mirror_axes": [], "orientation": "stored",
+                            "crop_nonzero": True, "resample": resample, "blending": "nnunet"}
     assert cfg["intensity"] == {"clip": [-150.0, 400.0], "mean": 80.0, "std": 120.0}
     assert cfg["labels"]["1"] == "spleen" and cfg["files"] == ["fold_all.safetensors"]
 
@@ -151,26 +200,22 @@ def test_same_segmentation_and_logits_as_nnunets_predictor(nnunet_model, importe
         predictor, seg = nnunet_predict(nnunet_model, case)
         theirs = _to_flare(seg)
         ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / case.name.replace("_0000", ""))))
-        assert (ours == theirs).mean() >= 0.99
-        # Per organ away from the volume's faces: on the CPU nnU-Net sums tiles in fp16 with Gaussian
-        # weights scaled by 10, which underflow in the corners of the outermost tiles, so its logits
-        # there are rounded to whole numbers (seen: exactly 0.0 and 1.0) while ours stay in fp32.
-        inner = (slice(2, -2),) * 3
-        ours_in, theirs_in = ours[inner], theirs[inner]
-        present = [int(v) for v, n in zip(*np.unique(theirs_in, return_counts=True)) if v and n >= 200]
+        # The whole volume, faces included: imported models blend tiles with nnU-Net's own FP16
+        # arithmetic ("blending": "nnunet"), whose coarse rounding where the outer tiles' weights
+        # underflow once cost 1 % of the voxels at the faces.
+        assert (ours == theirs).mean() >= 0.999, (case.name, (ours == theirs).mean())
+        present = [int(v) for v, n in zip(*np.unique(theirs, return_counts=True)) if v and n >= 200]
         assert len(present) >= 5, present
         for organ in present:
-            assert dice(ours_in == organ, theirs_in == organ) >= 0.99, (case.name, organ)
-        # logits on the same normalised input, both sliding windows (nnU-Net sums in fp16 on the CPU)
+            assert dice(ours == organ, theirs == organ) >= 0.995, (case.name, organ)
+        # logits on the same normalised input, both sliding windows, within a few FP16 steps everywhere
         array, _, _ = read_scan(case).layout("stored")
         box = bounding_box(array != 0)
         x = model.normalize(torch.from_numpy(array[box.slices]))
         ref = predictor.predict_sliding_window_return_logits(x[None]).float()
         got = model.logits(x)
-        diff = (got - ref).abs()[(slice(None), *inner)]
         scale = float(ref.abs().max())
-        assert float(diff.max()) <= 0.01 * scale, (float(diff.max()), scale)
-        assert float(diff.mean()) <= 0.001 * scale
+        assert float((got - ref).abs().max()) <= 0.002 * scale, (float((got - ref).abs().max()), scale)
 
 
 def test_fold_ensemble_is_averaged(tmp_path):
@@ -253,6 +298,8 @@ def _edit_plans(model: Path, fn) -> None:
         (lambda p: p["configurations"]["3d_fullres"].update(previous_stage="3d_lowres"), "previous_stage"),
         (lambda p: p.update(transpose_forward=[2, 0, 1]), "transpose_forward"),
         (lambda p: p["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"].update(dropout_op="torch.nn.Dropout3d"), "dropout_op"),
+        (lambda p: p["configurations"]["3d_fullres"].update(resampling_fn_data="resample_torch_fornnunet"), "resampling_fn_data"),
+        (lambda p: p["configurations"]["3d_fullres"]["resampling_fn_probabilities_kwargs"].update(order=2), "resampling_fn_probabilities_kwargs.order"),
     ],
 )
 def test_unsupported_models_are_clear_errors(nnunet_model, tmp_path, edit, field):
@@ -282,3 +329,81 @@ def test_checkpoint_that_does_not_fit_the_plans(nnunet_model, tmp_path):
     _edit_plans(model, lambda p: p["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"].update(features_per_stage=[8, 16, 64]))
     with pytest.raises(ImportErrorNnunet, match="do not fit the plans"):
         import_nnunet(model, ["all"], "checkpoint_final.pth", "fine", tmp_path / "out")
+
+
+# --- nnU-Net's masks at spacings other than the model's -----------------------------------------
+
+@pytest.mark.parametrize("case, target", [(0, (3.0, 1.5, 1.5)), (1, (3.0, 1.5, 1.5)), (2, (1.0, 0.8, 0.8)), (2, (5.0, 0.8, 0.8)),
+                                          (0, (2.0, 0.7, 0.7))])
+def test_resampling_is_nnunets_own_on_real_scans(case, target):
+    """Image (order 3) and logits (order 1) both ways, on real scans: separate-z and 3-D paths."""
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape, resample_data_or_seg_to_shape
+
+    from app.resample import resize_nnunet
+
+    image = sitk.ReadImage(str(REAL_CASES[case]))
+    array = ((np.clip(sitk.GetArrayFromImage(image).astype(np.float32), -150, 400) - 80) / 120).astype(np.float32)
+    spacing = image.GetSpacing()[::-1]
+    shape = tuple(int(n) for n in compute_new_shape(array.shape, spacing, target))
+    ref = resample_data_or_seg_to_shape(array[None], shape, spacing, target, False, 3, 0, None)[0]
+    got = resize_nnunet(torch.from_numpy(array), shape, spacing, target, 3, 0)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-5)
+    logits = np.random.default_rng(case).normal(size=shape).astype(np.float32)
+    ref = resample_data_or_seg_to_shape(logits[None], array.shape, target, spacing, False, 1, 0, None)[0]
+    got = resize_nnunet(torch.from_numpy(logits), array.shape, target, spacing, 1, 0)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-5)
+
+
+def _agreement(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
+    """Share of equal voxels and mean DSC over the labels either mask has."""
+    labels = sorted((set(np.unique(ours)) | set(np.unique(theirs))) - {0})
+    return float((ours == theirs).mean()), float(np.mean([dice(ours == v, theirs == v) for v in labels]))
+
+
+def _central_columns(src: Path, dst: Path, size: int = 256) -> Path:
+    """A real scan's central ``size`` x ``size`` columns, every slice, same spacing and direction."""
+    image = sitk.ReadImage(str(src))
+    nx, ny = image.GetSize()[:2]
+    x0, y0 = max(0, (nx - size) // 2), max(0, (ny - size) // 2)
+    sitk.WriteImage(image[x0:x0 + size, y0:y0 + size, :], str(dst))
+    return dst
+
+
+PHANTOM_SPACINGS = {"phantom_0.8x2.5": (0.8, 2.5, 48), "phantom_0.7x5": (0.7, 5.0, 24), "phantom_0.6x1": (0.6, 1.0, 72)}
+
+
+def _other_spacing_cases(folder: Path, real: bool = True) -> list[Path]:
+    """The real scans (512 x 512 ones cut to their central 256 x 256 columns, for time) and phantoms
+    at spacings other than the model's; 5 mm slices take nnU-Net's separate-z path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cases = [_central_columns(c, folder / c.name) for c in REAL_CASES] if real else []
+    for i, (name, (inplane, thick, slices)) in enumerate(PHANTOM_SPACINGS.items()):
+        write(generate([2611, i], spacing=(inplane, thick), size=192, slices=slices), folder / f"{name}_0000.nii.gz", None)
+        cases.append(folder / f"{name}_0000.nii.gz")
+    return cases
+
+
+@pytest.mark.parametrize("variant", ["3x1.5x1.5", "two folds", "anisotropic 5x0.8x0.8"])
+def test_imported_model_gives_nnunets_masks_at_other_spacings(variant, tmp_path):
+    """The shipped fine network written out as an nnU-Net folder, imported: with nnU-Net's resampling
+    (B-splines, separate z) the engine's masks are nnU-Net's at every spacing (trilinear gave 0.77-0.94)."""
+    folds = ("0", "1") if variant == "two folds" else ("all",)
+    spacing, patch = ((5.0, 0.8, 0.8), (16, 128, 128)) if variant.startswith("anisotropic") else (None, None)
+    model = nnunet_folder_from_weights(REPO / "weights" / "fine", tmp_path / "nnunet", spacing, patch, folds)
+    cfg = import_nnunet(model, list(folds), "checkpoint_final.pth", "fine", tmp_path / "w" / "fine")
+    assert cfg["input"]["resample"]["scheme"] == "nnunet"
+    cases = _other_spacing_cases(tmp_path / "in", real=variant == "3x1.5x1.5")
+    if variant != "3x1.5x1.5":
+        shutil.copy(REAL_CASES[-1], tmp_path / "in" / REAL_CASES[-1].name)  # TS_example_sm, 3 mm
+        cases.append(tmp_path / "in" / REAL_CASES[-1].name)
+    results = predict_folder(tmp_path / "in", tmp_path / "out", Options(weights=tmp_path / "w", device="cpu", use_roi=False,
+                                                                         keep_largest=(), backend="torch", progress=False))
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    lut = np.zeros(len(cfg["labels"]), np.uint8)
+    for channel, name in cfg["labels"].items():
+        lut[int(channel)] = flare_id(name) or 0
+    for case in cases:
+        _, seg = nnunet_predict(model, case, folds=folds)
+        ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / case.name.replace("_0000", ""))))
+        voxels, mean_dsc = _agreement(ours, lut[seg])
+        assert voxels >= 0.999 and mean_dsc >= 0.999, (variant, case.name, voxels, mean_dsc)

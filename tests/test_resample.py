@@ -24,3 +24,44 @@ def test_resize_image_keeps_constant_and_shape():
     out = resize_image(img, (6, 8, 2))
     assert out.shape == (6, 8, 2)
     assert np.allclose(out.numpy(), 7.0)
+
+
+# --- nnU-Net's B-spline resampling (app.resample.zoom_axis / resize_nnunet) ----------------------
+
+import pytest  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from app.resample import separate_axis, spline_prefilter, zoom_axis  # noqa: E402
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+@pytest.mark.parametrize("n_out", [1, 2, 13, 40, 41, 97])
+def test_zoom_axis_is_scipys_zoom_in_grid_mode_with_nearest_edges(order, n_out):
+    x = np.random.default_rng(order * 100 + n_out).normal(size=(5, 40, 7))
+    ref = ndimage.zoom(x, (1, n_out / 40, 1), order=order, mode="nearest", grid_mode=True)
+    got = zoom_axis(torch.from_numpy(x), 1, n_out, order).numpy()
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+
+
+def test_spline_coefficients_reproduce_the_samples():
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(30, 4)))
+    c = spline_prefilter(x, 0)
+    inner = (c[:-2] + 4 * c[1:-1] + c[2:]) / 6  # the cubic B-spline at the sample points
+    torch.testing.assert_close(inner, x[1:-1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "src, dst, force, axis",
+    [
+        ((7.5, 0.8, 0.8), (3.0, 1.5, 1.5), None, 0),  # the scan is anisotropic: its coarse axis
+        ((1.0, 0.8, 0.8), (5.0, 0.8, 0.8), None, 0),  # only the model's spacing is
+        ((0.8, 0.8, 5.0), (1.0, 1.0, 1.0), None, 2),
+        ((2.0, 0.98, 0.98), (3.0, 1.5, 1.5), None, None),  # ratios 2.04 and 2: under the threshold of 3
+        ((3.0, 3.0, 0.5), (1.0, 1.0, 1.0), None, None),  # two axes tie for coarsest
+        ((2.0, 0.98, 0.98), (3.0, 1.5, 1.5), True, 0),  # forced: the source's coarse axis
+        ((7.5, 0.8, 0.8), (3.0, 1.5, 1.5), False, None),
+    ],
+)
+def test_separate_axis_follows_nnunets_rule(src, dst, force, axis):
+    assert separate_axis(src, dst, force, 3.0) == axis

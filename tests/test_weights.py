@@ -63,6 +63,14 @@ def test_missing_folder_and_config(tmp_path):
         ({"input__tiling": "hexagonal"}, "input.tiling must be one of"),
         ({"input__whole_max_voxels": 0}, "whole_max_voxels must be positive"),
         ({"onnx": {"fp32": {"file": "model.onnx"}}}, "onnx.fp32 needs 'file' and 'sources'"),
+        ({"input__resample": "lanczos"}, r"input.resample.scheme must be one of \['trilinear', 'nnunet'\]"),
+        ({"input__resample": 3}, "input.resample must be one of"),
+        ({"input__resample": {"scheme": "nnunet", "order": 2}}, "input.resample.order must be a spline order 0, 1 or 3"),
+        ({"input__resample": {"scheme": "nnunet", "order": True}}, "input.resample.order must be a spline order"),
+        ({"input__resample": {"scheme": "nnunet", "orders": 3}}, r"input.resample: unknown fields \['orders'\]"),
+        ({"input__resample": {"scheme": "nnunet", "force_separate_z": "yes"}}, "force_separate_z must be null, true or false"),
+        ({"input__resample": {"scheme": "nnunet", "anisotropy_threshold": -1}}, "anisotropy_threshold must be a positive number"),
+        ({"input__blending": "fp8"}, "input.blending must be one of"),
     ],
 )
 def test_inconsistent_config_is_a_one_line_error(weights, change, message):
@@ -70,6 +78,15 @@ def test_inconsistent_config_is_a_one_line_error(weights, change, message):
     with pytest.raises(WeightsError, match=message) as err:
         read_spec(weights / "fine", "fine")
     assert "\n" not in str(err.value) and "config.json" in str(err.value) or "fine" in str(err.value)
+
+
+def test_resampling_defaults_and_nnunet_shorthand(weights):
+    from app.weights import Resampling
+
+    assert read_spec(weights / "fine").resampling == Resampling("trilinear")
+    _edit(weights / "fine", input__resample="nnunet")
+    how = read_spec(weights / "fine").resampling
+    assert (how.scheme, how.order, how.order_z, how.logits_order, how.logits_order_z, how.force_separate_z) == ("nnunet", 3, 0, 1, 0, None)
 
 
 def test_tensors_that_do_not_fit_the_architecture(weights):

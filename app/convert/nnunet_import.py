@@ -4,7 +4,8 @@ Reads ``dataset.json``, ``plans.json`` and ``fold_X/<checkpoint>``; rebuilds nnU
 with ``dynamic-network-architectures`` (the package nnU-Net uses) to validate the checkpoint, maps
 its tensors onto ``app.unet.UNet3D`` and checks both give the same logits. Spacing, patch size,
 CT normalisation (clip to the foreground 0.5/99.5 percentiles, z-score with the stored mean/std),
-label names (mapped to FLARE ids) and the axis layout (as stored: nnU-Net never reorients) are
+label names (mapped to FLARE ids), the axis layout (as stored: nnU-Net never reorients) and the
+resampling rules (B-spline orders, the separate-z rule: ``"resample"``, run by ``app.resample``) are
 written to config.json. Anything else is a clear error naming the field.
 
 nnunetv2 itself is never needed; ``dynamic-network-architectures`` only for importing.
@@ -25,6 +26,7 @@ from ..unet import UNet3D, UNetConfig
 from ..weights import WeightsError, write_config
 
 SUPPORTED_NETWORK = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+ANISOTROPY_THRESHOLD = 3.0  # nnunetv2.configuration.ANISO_THRESHOLD
 
 
 class ImportErrorNnunet(WeightsError):
@@ -90,6 +92,39 @@ def check_configuration(plans: dict, name: str, where: str) -> dict:
     if slope != 0.01:
         raise ImportErrorNnunet(f"{w}.architecture.arch_kwargs.nonlin_kwargs.negative_slope: {slope} is not supported (0.01)")
     return cfg
+
+
+RESAMPLING_FN = "resample_data_or_seg_to_shape"
+
+
+def resampling(cfg: dict, where: str) -> dict:
+    """The configuration's image and logits resampling as config.json's ``input.resample``.
+
+    Only nnU-Net's default functions are reproduced; another (e.g. the torch resampler of the
+    optional planners) is an error rather than masks that quietly differ from nnU-Net's.
+    """
+    out: dict[str, Any] = {"scheme": "nnunet"}
+    thresholds = set()
+    for kind, prefix in (("data", ""), ("probabilities", "logits_")):
+        fn = cfg.get(f"resampling_fn_{kind}", RESAMPLING_FN)
+        if fn != RESAMPLING_FN:
+            raise ImportErrorNnunet(f"{where}.resampling_fn_{kind}: {fn!r} is not supported (only {RESAMPLING_FN})")
+        kw = cfg.get(f"resampling_fn_{kind}_kwargs") or {}
+        if kw.get("is_seg"):
+            raise ImportErrorNnunet(f"{where}.resampling_fn_{kind}_kwargs.is_seg: true is not supported for {kind}")
+        order, order_z = kw.get("order", 3 if kind == "data" else 1), kw.get("order_z", 0)
+        for key, value in (("order", order), ("order_z", order_z)):
+            if value not in (0, 1, 3):
+                raise ImportErrorNnunet(f"{where}.resampling_fn_{kind}_kwargs.{key}: {value!r} is not supported (orders 0, 1, 3)")
+        out[f"{prefix}order"], out[f"{prefix}order_z"] = int(order), int(order_z)
+        force = kw.get("force_separate_z")
+        if out.setdefault("force_separate_z", force) != force:
+            raise ImportErrorNnunet(f"{where}: force_separate_z differs between data ({out['force_separate_z']}) and probabilities ({force})")
+        thresholds.add(float(kw.get("separate_z_anisotropy_threshold", ANISOTROPY_THRESHOLD)))
+    if len(thresholds) != 1:
+        raise ImportErrorNnunet(f"{where}: separate_z_anisotropy_threshold differs between data and probabilities ({sorted(thresholds)})")
+    out["anisotropy_threshold"] = thresholds.pop()
+    return out
 
 
 def unet_config(cfg: dict, num_classes: int) -> UNetConfig:
@@ -188,6 +223,7 @@ def import_nnunet(model_dir: Path, folds: list[str], checkpoint: str, role: str,
     cfg = check_configuration(plans, config_name, "plans.json")
     props = _need(_need(plans, "foreground_intensity_properties_per_channel", "plans.json"), "0", "plans.json: foreground_intensity_properties_per_channel")
     ucfg = unet_config(cfg, len(labels))
+    resample = resampling(cfg, f"plans.json: configurations.{config_name}")
     files = []
     for fold, ckpt in zip(folds, ckpts):
         state = convert_state_dict(ckpt["network_weights"], len(ucfg.features) - 1)
@@ -212,7 +248,8 @@ def import_nnunet(model_dir: Path, folds: list[str], checkpoint: str, role: str,
                    "trainer": ckpts[0]["trainer_name"], "plans": plans.get("plans_name"), "dataset": plans.get("dataset_name")},
         "architecture": ucfg.to_dict(),
         "input": {"spacing": [float(s) for s in cfg["spacing"]], "patch_size": [int(p) for p in cfg["patch_size"]], "step": 0.5,
-                  "mirror_axes": [int(a) for a in mirror_axes], "orientation": "stored", "crop_nonzero": True},
+                  "mirror_axes": [int(a) for a in mirror_axes], "orientation": "stored", "crop_nonzero": True, "resample": resample,
+                  "blending": "nnunet"},
         "intensity": {"clip": [float(props["percentile_00_5"]), float(props["percentile_99_5"])], "mean": float(props["mean"]), "std": max(float(props["std"]), 1e-8)},
         "labels": labels,
         "files": files,
