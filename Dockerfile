@@ -14,12 +14,15 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
 
-COPY requirements.txt requirements-gpu.txt /tmp/
+# WITH_RAY=1 builds the cluster variant (python -m app cluster); the challenge image leaves Ray out.
+ARG WITH_RAY=0
+COPY requirements.txt requirements-gpu.txt requirements-cluster.txt /tmp/
 RUN python3 -m venv /opt/venv \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && pip uninstall -y onnxruntime \
     && pip install --no-cache-dir -r /tmp/requirements-gpu.txt \
-    && rm /tmp/requirements.txt /tmp/requirements-gpu.txt
+    && if [ "$WITH_RAY" = 1 ]; then pip install --no-cache-dir -r /tmp/requirements-cluster.txt; fi \
+    && rm /tmp/requirements*.txt
 
 WORKDIR /workspace
 COPY app/ app/

@@ -18,8 +18,8 @@ $(VENV)/.deps-predict: requirements.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.deps-dev: requirements-dev.txt requirements-nnunet.txt $(VENV)/.deps-predict
-	$(BIN)/python -m pip install -q -r requirements-dev.txt -r requirements-nnunet.txt
+$(VENV)/.deps-dev: requirements-dev.txt requirements-nnunet.txt requirements-cluster.txt $(VENV)/.deps-predict
+	$(BIN)/python -m pip install -q -r requirements-dev.txt -r requirements-nnunet.txt -r requirements-cluster.txt
 	$(BIN)/python -m pip install -q --no-deps nnunetv2==2.8.1 dynamic-network-architectures==0.4.4
 	touch $@
 

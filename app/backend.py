@@ -81,7 +81,8 @@ def cpu_has_bf16() -> bool:
 
 
 def physical_cores() -> int:
-    """Cores this process may run on, counting each physical core once (hyper-threads share one)."""
+    """Cores this process may run on, counting each physical core once (hyper-threads share one),
+    and no more than ``OMP_NUM_THREADS`` where a scheduler set it (Ray gives each worker its CPUs so)."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     cores = set()
     for cpu in cpus:
@@ -90,7 +91,8 @@ def physical_cores() -> int:
         except OSError:
             siblings = str(cpu)
         cores.add(siblings)
-    return max(1, len(cores))
+    budget = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(len(cores), int(budget)) if budget.isdigit() and int(budget) > 0 else len(cores))
 
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")

@@ -38,10 +38,8 @@ def _shard_arg(text: str) -> tuple[int, int]:
     return k, n
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m app", description="Abdominal CT organ segmentation (FLARE labels).")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("predict", help="segment every NIfTI scan in a folder")
+def _predict_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``predict``, which ``cluster`` takes too."""
     p.add_argument("-i", "--input", required=True, type=Path, help="folder of CT scans (*_0000.nii.gz or *.nii.gz)")
     p.add_argument("-o", "--output", required=True, type=Path, help="folder for the uint8 masks")
     p.add_argument("--weights", type=Path, default=None, help="folder holding coarse/ and fine/ (default: the shipped weights/)")
@@ -65,8 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write CASE.png (three views, mask over the scan, legend) beside each mask, or into DIR")
     p.add_argument("--shard", type=_shard_arg, default=None, metavar="K/N",
                    help="segment only shard K of N (K from 0) of the sorted cases: for Slurm job arrays and Kubernetes Indexed Jobs")
+    p.add_argument("--skip-existing", action="store_true", help="resume an interrupted run: leave out the cases whose mask is already written")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines or bar (the per-case summary line stays)")
     p.add_argument("-v", "--verbose", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description="Abdominal CT organ segmentation (FLARE labels).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("predict", help="segment every NIfTI scan in a folder")
+    _predict_options(p)
+    c = sub.add_parser("cluster", help="segment a folder on Ray workers (local, or a Ray cluster): models loaded once per worker")
+    _predict_options(c)
+    c.add_argument("--address", default=None, help="join this Ray cluster (auto, or ray://HOST:PORT); default: start a local Ray")
+    c.add_argument("--workers", type=int, default=2, help="Ray workers, each one process holding the models (default 2)")
+    c.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPU cores Ray reserves per worker (default 1)")
+    c.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (default 0; 1 gives each worker a GPU of its own)")
+    c.add_argument("--retries", type=int, default=2, help="times a case is retried when its worker dies (default 2)")
+    c.add_argument("--summary", type=Path, default=None, help="summary CSV, one row per case (default OUT/cluster_summary.csv)")
 
     imp = sub.add_parser("import-nnunet", help="convert an nnU-Net v2 results folder into a weights folder")
     imp.add_argument("--model", required=True, type=Path, help="folder with dataset.json, plans.json and fold_X/")
@@ -85,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    if args.command == "predict":
+    if args.command in ("predict", "cluster"):
         return _predict(args)
     if args.command in ("import-nnunet", "export-onnx"):
         if importlib.util.find_spec("app.convert") is None:  # the challenge image holds the runtime only
@@ -93,6 +107,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return _import(args) if args.command == "import-nnunet" else _export(args)
     return 2
+
+
+def _cluster(args: argparse.Namespace, options: object) -> list:
+    if importlib.util.find_spec("ray") is None:
+        from .pipeline import SetupError
+
+        raise SetupError("cluster needs Ray, which this installation leaves out: pip install -r requirements-cluster.txt")
+    from .cluster import ClusterOptions, run_cluster
+
+    cluster = ClusterOptions(address=args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                             gpus_per_worker=args.gpus_per_worker, retries=args.retries, summary=args.summary)
+    return run_cluster(args.input, args.output, options, cluster)  # type: ignore[arg-type]
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -146,10 +172,14 @@ def _predict(args: argparse.Namespace) -> int:
         timings=args.timings,
         progress=not args.quiet,
         shard=args.shard,
+        skip_existing=args.skip_existing,
         preview=args.output if args.preview is True else args.preview,
     )
     try:
-        results = predict_folder(args.input, args.output, options)
+        if args.command == "cluster":
+            results = _cluster(args, options)
+        else:
+            results = predict_folder(args.input, args.output, options)
     except SetupError as e:
         log.error("%s", e)
         return 2

@@ -46,6 +46,7 @@ class Options:
     progress: bool = True  # case i of N, stage and time left on stderr (off: --quiet)
     preview: Path | None = None  # folder for one PNG per case (mask over the scan), or None
     shard: tuple[int, int] | None = None  # (k, n): only the sorted cases i with i % n == k (Slurm arrays, Indexed Jobs)
+    skip_existing: bool = False  # resume: cases whose mask is already in the output folder are not run again
 
 
 @dataclass
@@ -107,8 +108,21 @@ def load_specs(options: Options) -> tuple[ModelSpec | None, ModelSpec]:
     return coarse, fine
 
 
-def predict_folder(in_dir: Path, out_dir: Path, options: Options, stages: Stages | None = None) -> list[CaseResult]:
-    """Segment every scan in ``in_dir`` into ``out_dir``; one bad scan never stops the others."""
+@dataclass
+class Plan:
+    """What a run will do, decided before any model loads."""
+
+    scans: list[Path]  # this run's cases (its shard), sorted
+    done: dict[Path, CaseResult]  # cases settled without running: name collisions, masks already there
+    todo: list[Path]
+    coarse: ModelSpec | None
+    fine: ModelSpec
+
+
+def plan_run(in_dir: Path, out_dir: Path, options: Options) -> Plan:
+    """Every check that can fail a whole run, in a second: folders, weights, name collisions; then
+    the shard, and with ``skip_existing`` the cases whose mask is already written (a temp file left
+    by an interrupted write is not a mask: it is removed here when its writer is gone)."""
     if not in_dir.is_dir():
         raise SetupError(f"input folder {in_dir} does not exist")
     if out_dir.resolve() == in_dir.resolve():
@@ -133,12 +147,23 @@ def predict_folder(in_dir: Path, out_dir: Path, options: Options, stages: Stages
     if options.shard is not None:
         scans = shard_of(scans, *options.shard)
         log.info("shard %d of %d: %d case(s)", options.shard[0], options.shard[1], len(scans))
-    results = {p: _failed(p.name, clashes[p]) for p in scans if p in clashes}
-    todo = [p for p in scans if p not in results]
+    done = {p: failed(p.name, clashes[p]) for p in scans if p in clashes}
+    if options.skip_existing:
+        present = [p for p in scans if p not in done and output_path(out_dir, p).is_file()]
+        done.update({p: CaseResult(p.name, ok=True, info={"skipped": "mask already written"}) for p in present})
+        if present:
+            log.info("skipping %d case(s) whose mask is already in %s", len(present), out_dir)
+    return Plan(scans, done, [p for p in scans if p not in done], coarse_spec, fine_spec)
+
+
+def predict_folder(in_dir: Path, out_dir: Path, options: Options, stages: Stages | None = None) -> list[CaseResult]:
+    """Segment every scan in ``in_dir`` into ``out_dir``; one bad scan never stops the others."""
+    plan = plan_run(in_dir, out_dir, options)
+    results, todo = dict(plan.done), plan.todo
     if todo:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader") as reader, Progress(len(todo), options.progress) as progress:
             pending: Future = reader.submit(_timed_read, todo[0])  # overlaps reading with model loading
-            engine = Engine(coarse_spec, fine_spec, options, stages)
+            engine = Engine(plan.coarse, plan.fine, options, stages)
             for i, path in enumerate(todo):
                 current = pending
                 if i + 1 < len(todo):
@@ -146,8 +171,8 @@ def predict_folder(in_dir: Path, out_dir: Path, options: Options, stages: Stages
                 progress.start_case(i + 1, path.name)
                 results[path] = engine.run_case(path, current, out_dir, progress.stage)
                 progress.end_case()
-    ordered = [results[p] for p in scans]
-    _log_summary(ordered)
+    ordered = [results[p] for p in plan.scans]
+    log_summary(ordered)
     return ordered
 
 
@@ -159,15 +184,17 @@ def shard_of(cases: list[Path], k: int, n: int) -> list[Path]:
     return sorted(cases)[k::n]
 
 
-def _failed(name: str, reason: str) -> CaseResult:
+def failed(name: str, reason: str) -> CaseResult:
     log.error("%s: %s", name, reason)
     return CaseResult(name, ok=False, error=reason)
 
 
-def _log_summary(results: list[CaseResult]) -> None:
-    failed = [r for r in results if not r.ok]
-    log.info("%d of %d case(s) segmented", len(results) - len(failed), len(results))
-    for r in failed:
+def log_summary(results: list[CaseResult]) -> None:
+    bad = [r for r in results if not r.ok]
+    skipped = sum(1 for r in results if r.ok and "skipped" in r.info)
+    already = f" ({skipped} already there)" if skipped else ""
+    log.info("%d of %d case(s) segmented%s", len(results) - len(bad), len(results), already)
+    for r in bad:
         log.error("FAILED %s: %s", r.name, r.error)
 
 
@@ -202,16 +229,16 @@ class Engine:
         try:
             scan, read_s = scan_future.result()
         except ScanError as e:
-            return _failed(name, str(e))
+            return failed(name, str(e))
         except Exception as e:  # noqa: BLE001 - any reader failure is this case's failure only
-            return _failed(name, f"cannot be read ({type(e).__name__}: {e})")
+            return failed(name, f"cannot be read ({type(e).__name__}: {e})")
         for w in scan.warnings:
             log.warning("%s: %s", name, w)
         try:
             result = self._segment(scan, out_dir, on_stage)
         except Exception as e:  # noqa: BLE001 - one bad scan never stops the others
             log.debug("traceback for %s", name, exc_info=True)
-            return _failed(name, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            return failed(name, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         result.timings = {"read": read_s, **result.timings}
         result.timings["total"] = sum(result.timings[s] for s in STAGES)
         shown = (*STAGES, "total")

@@ -68,3 +68,29 @@ def open_tmpdir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     os.chmod(path, 0o755)
     return path
+
+
+class DieOnce:
+    """A fine stage that kills its own process (SIGKILL, in the middle of the case) the first time
+    any process meets ``case``, leaving its pid in ``marker``; then the real fine stage. For the
+    cluster's fault-injection test: picklable, and importable on Ray's workers."""
+
+    def __init__(self, marker: Path, case: str) -> None:
+        self.marker, self.case = str(marker), case
+
+    def __call__(self, model, crop, spacing, upsample, name):
+        import os
+        import signal
+
+        from app.fine import segment_crop_with_fallback
+
+        if name == self.case:
+            try:
+                fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pass
+            else:
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                os.kill(os.getpid(), signal.SIGKILL)
+        return segment_crop_with_fallback(model, crop, spacing, upsample, name)

@@ -43,6 +43,9 @@ def _in_image(path: Path) -> bool:
     return "__pycache__" not in rel and not any(rel == p or rel.startswith(p + "/") for p in _dockerignored())
 
 
+OPTIONAL = {"ray"}  # the cluster variant's (requirements-cluster.txt, docker build --build-arg WITH_RAY=1)
+
+
 def _third_party_imports() -> set[str]:
     """Top-level modules outside the standard library that the image's app/ imports anywhere, lazily too."""
     found = set()
@@ -87,11 +90,18 @@ def image(tmp_path_factory):
 def test_every_module_the_engine_imports_is_in_the_image(image):
     """Lazy imports (a terminal's progress bar, --preview) run only on some paths: import them all."""
     root, _ = image
-    modules = sorted(_third_party_imports())
+    modules = sorted(_third_party_imports() - OPTIONAL)
     assert {"torch", "SimpleITK", "cc3d", "tqdm", "PIL", "onnxruntime", "openvino"} <= set(modules)
     assert "dynamic_network_architectures" not in modules  # the importer's, in app/convert/, not in the image
     proc = subprocess.run([str(root / "venv" / "bin" / "python"), "-c", f"import {', '.join(modules)}"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_cluster_command_without_ray_says_how_to_add_it(image, tmp_path):
+    root, workspace = image
+    proc = subprocess.run([str(root / "venv" / "bin" / "python"), "-m", "app", "cluster", "-i", str(tmp_path), "-o", str(tmp_path / "o")],
+                          cwd=workspace, capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and "pip install -r requirements-cluster.txt" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_authoring_tools_are_left_out_with_a_clear_line(image):

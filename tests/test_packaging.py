@@ -25,13 +25,16 @@ def test_dockerfile_holds_only_what_prediction_needs():
     assert re.search(r"^FROM nvidia/cuda:[\d.]+-cudnn-runtime-", text, re.M)
     assert "WORKDIR /workspace" in text
     copied = [src for line in re.findall(r"^COPY (.+) \S+$", text, re.M) for src in line.split()]
-    assert sorted(copied) == ["app/", "predict.sh", "requirements-gpu.txt", "requirements.txt", "weights/"]
+    assert sorted(copied) == ["app/", "predict.sh", "requirements-cluster.txt", "requirements-gpu.txt", "requirements.txt", "weights/"]
+    assert re.search(r"^ARG WITH_RAY=0$", text, re.M)  # Ray only in the cluster variant
     ignored = (REPO / ".dockerignore").read_text().splitlines()
     assert "app/convert/" in ignored and "weights/checkpoints/" in ignored
     reqs = (REPO / "requirements.txt").read_text()
     pins = [ln for ln in reqs.splitlines() if ln and not ln.startswith("#")]
     assert pins and all("==" in ln for ln in pins)
-    assert "pytest" not in reqs and "nnunet" not in reqs.lower()
+    assert "pytest" not in reqs and "nnunet" not in reqs.lower() and not any(ln.startswith("ray") for ln in pins)
+    cluster = [ln for ln in (REPO / "requirements-cluster.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    assert "ray==2.60.0" in cluster and all("==" in ln for ln in cluster)
 
 
 def test_the_image_runs_as_an_unprivileged_user():
