@@ -95,6 +95,14 @@ def physical_cores() -> int:
     return max(1, min(len(cores), int(budget)) if budget.isdigit() and int(budget) > 0 else len(cores))
 
 
+def shares_the_machine() -> bool:
+    """True when a scheduler gave this process fewer threads than the cores it may run on
+    (``OMP_NUM_THREADS``, as Ray sets it per worker): other processes then run beside it."""
+    budget = os.environ.get("OMP_NUM_THREADS", "")
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    return budget.isdigit() and 0 < int(budget) < len(cpus)
+
+
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -361,6 +369,8 @@ class OpenVinoBackend(Backend):
         config = {
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": physical_cores(),
+            # pinned threads of several processes (Ray workers, one core each) land on the same cores
+            "ENABLE_CPU_PINNING": not shares_the_machine(),
             "INFERENCE_PRECISION_HINT": "bf16" if placement.precision == "bf16" else "f32",
         }
         try:

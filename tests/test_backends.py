@@ -30,7 +30,7 @@ from app.cleanup import keep_largest_components
 from app.labels import ORGANS
 from app.pipeline import Options, predict_folder
 from app.weights import read_spec, write_config
-from evaluation.phantoms import generate, write
+from synthetic.phantoms import generate, write
 from tests.helpers import REAL_CASES, make_weights, tiny_unet, write_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -230,3 +230,21 @@ def test_auto_without_an_export_runs_torch_and_says_so_quietly(one_scan, tmp_pat
     proc = _run(weights, one_scan, tmp_path / "out")
     assert proc.returncode == 0 and "WARNING" not in proc.stderr, proc.stderr[-2000:]
     assert "no fp32 ONNX export; run python -m app export-onnx" in proc.stderr and "models ready: torch on cpu, fp32" in proc.stderr
+
+
+def test_a_worker_given_one_core_uses_one_thread_and_does_not_pin(monkeypatch):
+    """Ray sets OMP_NUM_THREADS per worker: OpenVINO then runs that many threads, unpinned (pinned,
+    every worker's thread went to the same core and two workers ran no faster than one)."""
+    import os
+
+    from app.backend import physical_cores, shares_the_machine
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert not shares_the_machine()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert shares_the_machine() and physical_cores() == 1
+    backend = OpenVinoBackend(read_spec(Path(__file__).resolve().parents[1] / "weights" / "fine"), Placement("openvino", "cpu", "fp32"))
+    assert backend.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert backend.compiled.get_property("ENABLE_CPU_PINNING") is False
