@@ -4,12 +4,13 @@ Each (method, case) runs in a fresh subprocess, so wall time includes model load
 writing NIfTI, and peak memory is the process's own (max RSS on the CPU; torch's peak allocation
 on a GPU). Methods: nnU-Net's nnUNetPredictor (no mirroring, step 0.5, Gaussian); our engine with
 --no-roi (the same settings: the like-for-like comparison) as imported (``exact``: nnU-Net's
-B-spline resampling and FP16 tile sums) and with those two set back to ours (``trilinear``); with
+B-spline resampling and FP16 tile sums; on the default backend, and on torch: ``exact-torch``) and
+with those two set back to ours (``trilinear``); with
 --coarse, also the coarse-to-fine mode (a coarse model in front, ROI + 20 mm). The imported model is
 exported to ONNX first, so the engine runs its default backend (OpenVINO on the CPU).
 
     python -m benchmarks.nnunet_vs_engine (--model NNUNET_DIR | --from-weights weights/fine) [--coarse weights/coarse]
-                                          [--cases DIR] [--phantoms] [--device cpu|cuda]
+                                          [--cases DIR] [--phantoms] [--device cpu|cuda] [--repeats N] [--methods ...]
 
 --phantoms adds phantoms at 0.6-1.0 mm in-plane and 0.7, 0.8, 1.0, 2.5 and 5 mm slices
 (320 x 320 voxels in-plane, about 120 mm long, fixed seeds).
@@ -41,7 +42,7 @@ CHILD = r"""
 import json, resource, sys, time, torch
 from pathlib import Path
 t0 = time.perf_counter()
-method, model, case, out, device, weights, use_roi = sys.argv[1:8]
+method, model, case, out, device, weights, use_roi, backend = sys.argv[1:9]
 dev = torch.device(device)
 if method == "nnunet":
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -56,7 +57,8 @@ else:
     from app.pipeline import Options, predict_folder
     import shutil, tempfile
     tmp = Path(tempfile.mkdtemp()); shutil.copy(case, tmp / Path(case).name)
-    r = predict_folder(tmp, Path(out).parent, Options(weights=Path(weights), device=device, use_roi=use_roi == "1", keep_largest=(), progress=False))
+    r = predict_folder(tmp, Path(out).parent, Options(weights=Path(weights), device=device, use_roi=use_roi == "1", keep_largest=(), progress=False,
+                                                         backend=backend))
     assert r[0].ok, r[0].error
     produced = Path(out).parent / r[0].name.replace("_0000.nii.gz", ".nii.gz")
     produced.rename(out)
@@ -65,8 +67,8 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mib": peak}))
 """
 
 
-def run(method: str, model: Path, case: Path, out: Path, device: str, weights: Path, use_roi: bool = False) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, method, str(model), str(case), str(out), device, str(weights), str(int(use_roi))],
+def run(method: str, model: Path, case: Path, out: Path, device: str, weights: Path, use_roi: bool = False, backend: str = "auto") -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, method, str(model), str(case), str(out), device, str(weights), str(int(use_roi)), backend],
                           cwd=REPO, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{method} on {case.name} failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -108,7 +110,7 @@ PHANTOM_SPACINGS = [(0.6, 0.7), (0.7, 0.8), (0.8, 1.0), (0.9, 2.5), (1.0, 5.0)] 
 
 
 def write_phantoms(folder: Path) -> None:
-    from evaluation.phantoms import generate, write
+    from synthetic.phantoms import generate, write
 
     for i, (inplane, thick) in enumerate(PHANTOM_SPACINGS):
         ph = generate([3016, i], spacing=(inplane, thick), size=320, slices=int(round(120 / thick)))
@@ -124,6 +126,8 @@ def main() -> None:
     ap.add_argument("--phantoms", action="store_true", help="add phantoms at other spacings")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--methods", nargs="+", default=["nnunet", "exact", "exact-torch", "trilinear"],
+                    choices=["nnunet", "exact", "exact-torch", "trilinear"], help="nnunet is always run (the reference)")
     args = ap.parse_args()
     from app.convert.export_onnx import export_onnx
     from app.convert.nnunet_import import import_nnunet
@@ -145,7 +149,7 @@ def main() -> None:
         cfg = json.loads(config.read_text())
         cfg["input"].update(resample="trilinear", blending="fp32")
         config.write_text(json.dumps(cfg, indent=1))
-        methods = ["nnunet", "exact", "trilinear"]
+        methods = ["nnunet", *[m for m in args.methods if m != "nnunet"]]
         if args.coarse:
             shutil.copytree(args.coarse, weights["exact"] / "coarse")
             methods.append("roi")
@@ -165,7 +169,8 @@ def main() -> None:
             res = {}
             for m in methods:
                 w = weights["trilinear" if m == "trilinear" else "exact"]
-                runs = [run(m, model, case, tmp / f"{m}.nii.gz", args.device, w, use_roi=m == "roi") for _ in range(args.repeats)]
+                backend = "torch" if m == "exact-torch" else "auto"
+                runs = [run(m, model, case, tmp / f"{m}.nii.gz", args.device, w, m == "roi", backend) for _ in range(args.repeats)]
                 res[m] = {"seconds": statistics.median(r["seconds"] for r in runs), "peak_mib": max(r["peak_mib"] for r in runs)}
             spacing = "x".join(f"{s:.2f}".rstrip("0").rstrip(".") for s in _spacing(case))
             for m in methods:
