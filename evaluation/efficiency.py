@@ -3,7 +3,9 @@
 For each case: a fresh temporary input folder holding only that case, one run (the organisers'
 ``docker container run`` with ``--image``, or ``sh predict.sh`` locally with ``--command``), then the
 output moved to ``--outputs``. A separate process samples GPU memory (NVML), CPU and RAM every
-0.1 s. Figures follow ../shared/reference/challenge-rules.md.
+0.1 s. Figures follow ../shared/reference/challenge-rules.md. With ``--command`` the engine also
+reports its own stages (``--timings``: startup, read, coarse, roi, fine, cleanup, write), summed up
+per stage in the report beside the organisers' figures; progress is a bar on a terminal.
 
     python -m evaluation.efficiency --inputs DIR --outputs DIR (--image IMAGE | --command "sh predict.sh")
                                     [--gpu 0] [--timeout 3600] [--report DIR]
@@ -113,6 +115,20 @@ class CaseRun:
     wall_s: float
     samples: list[Sample] = field(default_factory=list)
     figures: dict = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)  # the engine's own timings (--command runs only)
+
+
+STAGE_NAMES = ("startup", "read", "coarse", "roi", "fine", "cleanup", "write", "total")
+
+
+def read_stage_timings(path: Path) -> dict[str, float]:
+    """The engine's ``--timings`` JSON line for the case (empty when it wrote none: a failed case)."""
+    try:
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    except FileNotFoundError:
+        return {}
+    record = json.loads(lines[-1]) if lines else {}
+    return {k: float(record[k]) for k in STAGE_NAMES if isinstance(record.get(k), (int, float))}
 
 
 def docker_command(image: str, gpu: int, name: str, inputs: Path, outputs: Path) -> list[str]:
@@ -147,7 +163,9 @@ def run_case(case: Path, outputs: Path, reader: MemoryReader | None, timeout: fl
             argv, shell, env = docker_command(image, gpu, container, tin, tout), False, None
         else:
             argv, shell = command, True
-            env = {**os.environ, "INPUT_DIR": str(tin), "OUTPUT_DIR": str(tout)}
+            timings = Path(tmp) / "timings.jsonl"
+            extra = f"{os.environ.get('PREDICT_ARGS', '')} --timings {timings}".strip()
+            env = {**os.environ, "INPUT_DIR": str(tin), "OUTPUT_DIR": str(tout), "PREDICT_ARGS": extra}
         with Sampler(reader) as sampler:
             t0 = time.perf_counter()
             proc = subprocess.Popen(argv, shell=shell, env=env, cwd=workdir, start_new_session=True,
@@ -165,7 +183,8 @@ def run_case(case: Path, outputs: Path, reader: MemoryReader | None, timeout: fl
         outputs.mkdir(parents=True, exist_ok=True)
         for produced in tout.iterdir():
             shutil.move(str(produced), outputs / produced.name)
-    run = CaseRun(name, status, wall, sampler.samples)
+        stages = read_stage_timings(Path(tmp) / "timings.jsonl") if not image else {}
+    run = CaseRun(name, status, wall, sampler.samples, stages=stages)
     run.figures = figures(run.samples, wall, failed=status != "ok")
     return run
 
@@ -242,7 +261,22 @@ def summary_markdown(runs: list[CaseRun], gpu_note: str) -> str:
              "| figure | mean | median |", "|---|---|---|"]
     lines += [f"| {title} | {stat(key)} |" for title, key in rows]
     lines += ["", "The FLARE23 15 s / 4 GB bands are as quoted in FLARE23 briefs, not confirmed from the organisers' code."]
+    lines += stage_table(runs)
     return "\n".join(lines) + "\n"
+
+
+def stage_table(runs: list[CaseRun]) -> list[str]:
+    """Markdown lines: the engine's own seconds per stage over the cases that reported them."""
+    timed = [r.stages for r in runs if r.stages]
+    if not timed:
+        return []
+    lines = ["", f"Engine stages (s, its own --timings; {len(timed)} of {len(runs)} cases; wall = the organisers' Time):", "",
+             "| stage | mean | median | max |", "|---|---|---|---|"]
+    for stage in STAGE_NAMES:
+        vals = [t[stage] for t in timed if stage in t]
+        if vals:
+            lines.append(f"| {stage} | {statistics.mean(vals):.2f} | {statistics.median(vals):.2f} | {max(vals):.2f} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,13 +302,20 @@ def main(argv: list[str] | None = None) -> int:
     reader, note = open_gpu_reader(args.gpu)
     if reader is None:
         log.warning("GPU memory not measured: %s; timing, CPU and RAM only", note)
+    from app.progress import Progress
+
     runs = []
-    for i, case in enumerate(cases, 1):
-        run = run_case(case, args.outputs, reader, args.timeout, args.image, args.command, args.gpu, args.workdir)
-        f = run.figures
-        gpu_txt = "GPU not measured" if f["AUC_GPU_Time"] is None else f"GPU peak {f['MaxGPU_Mem']:.0f} MiB, area {f['AUC_GPU_Time']:.0f} MiB·s"
-        log.info("[%d/%d] %s: %s, %.2f s, %s", i, len(cases), case.name, run.status, run.wall_s, gpu_txt)
-        runs.append(run)
+    with Progress(len(cases)) as progress:  # a bar on a terminal, a line per case in a log
+        for i, case in enumerate(cases, 1):
+            progress.start_case(i, case.name)
+            run = run_case(case, args.outputs, reader, args.timeout, args.image, args.command, args.gpu, args.workdir)
+            progress.end_case()
+            f = run.figures
+            gpu_txt = "GPU not measured" if f["AUC_GPU_Time"] is None else f"GPU peak {f['MaxGPU_Mem']:.0f} MiB, area {f['AUC_GPU_Time']:.0f} MiB·s"
+            stage_txt = ", ".join(f"{k} {v:.2f}" for k, v in run.stages.items() if k != "total")
+            log.info("[%d/%d] %s: %s, %.2f s, %s%s", i, len(cases), case.name, run.status, run.wall_s, gpu_txt,
+                     f" (engine: {stage_txt})" if stage_txt else "")
+            runs.append(run)
     report = args.report or args.outputs.parent / "efficiency"
     write_report(runs, report, note if reader is not None else f"not measured ({note})")
     print((report / "efficiency.md").read_text())

@@ -106,3 +106,7 @@ def test_harness_over_predict_sh_on_real_scans(tmp_path, monkeypatch):
     assert (report / "curves_all.png").stat().st_size > 1000 and len(list((report / "curves").glob("*.png"))) == 2
     md = (report / "efficiency.md").read_text()
     assert "GPU: not measured" in md and "| AUC GPU (MiB·s, sum x 0.1) | not measured |" in md
+    # the engine's own stages, per case and summed up (local --command runs pass --timings through PREDICT_ARGS)
+    assert "Engine stages (s, its own --timings; 2 of 2 cases" in md
+    for stage in ("startup", "read", "fine", "write", "total"):
+        assert f"| {stage} | " in md, stage
