@@ -28,7 +28,7 @@ log = logging.getLogger("app")
 APP_ROOT = Path(__file__).resolve().parent.parent  # on every worker's PYTHONPATH: nodes run the same image or checkout
 SUMMARY_NAME = "cluster_summary.csv"
 LOCAL_OBJECT_STORE = 256 * 2**20  # records only: paths go out, a few hundred bytes come back per case
-SUMMARY_FIELDS = ("case", "ok", "error", "worker", "host", "attempt_note", "startup", *STAGES, "total")
+SUMMARY_FIELDS = ("case", "ok", "error", "worker", "host", "models_loaded", "attempt_note", "startup", *STAGES, "total")
 
 
 @dataclass
