@@ -44,8 +44,8 @@ bench: $(VENV)/.deps-dev
 # Phantoms it has never seen (two abdomens, one whole body) -> predict + efficiency -> scores, all under $(DEMO)/
 demo: $(VENV)/.deps-dev
 	rm -rf "$(DEMO)"
-	$(BIN)/python -m evaluation.phantoms --out "$(DEMO)/phantoms" --cases 2 --seed 9000 --fov abdomen
-	$(BIN)/python -m evaluation.phantoms --out "$(DEMO)/phantoms" --cases 1 --seed 9100 --fov whole-body --spacing 0.8 5.0
+	$(BIN)/python -m synthetic.phantoms --out "$(DEMO)/phantoms" --cases 2 --seed 9000 --fov abdomen
+	$(BIN)/python -m synthetic.phantoms --out "$(DEMO)/phantoms" --cases 1 --seed 9100 --fov whole-body --spacing 0.8 5.0
 	env PYTHON="$(CURDIR)/$(BIN)/python" $(BIN)/python -m evaluation.efficiency --inputs "$(DEMO)/phantoms/images" \
 		--outputs "$(DEMO)/masks" --report "$(DEMO)/efficiency" --command "sh predict.sh"
 	$(BIN)/python -m evaluation.metrics --pred "$(DEMO)/masks" --gt "$(DEMO)/phantoms/labels" --out "$(DEMO)/scores/results.csv" --rules flare23

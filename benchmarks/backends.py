@@ -59,7 +59,7 @@ def main() -> None:
 
     import SimpleITK as sitk
 
-    from evaluation.phantoms import generate, write
+    from synthetic.phantoms import generate, write
 
     root = args.out or Path(tempfile.mkdtemp(prefix="bench-backends-"))
     image_dir = root / "in"

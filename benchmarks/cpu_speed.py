@@ -67,7 +67,7 @@ def main() -> None:
 
     import SimpleITK as sitk
 
-    from evaluation.phantoms import generate, write
+    from synthetic.phantoms import generate, write
 
     root = args.out or Path(tempfile.mkdtemp(prefix="cpu-speed-"))
     baseline = root / "baseline-code"

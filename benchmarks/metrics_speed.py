@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from evaluation.metrics import score_folder
-from evaluation.phantoms import generate
+from synthetic.phantoms import generate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 

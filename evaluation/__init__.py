@@ -1,1 +1,1 @@
-"""Scoring, efficiency measurement and synthetic phantoms (not part of the container image)."""
+"""Scoring and efficiency measurement (not part of the container image)."""

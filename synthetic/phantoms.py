@@ -6,7 +6,7 @@ back, z up; z = 0 at the kidneys' centre) and rasterised on any grid, so the sam
 Organs are randomly deformed ellipsoids and tubes at plausible positions and sizes; Hounsfield
 values follow a random contrast phase, with smooth texture and scanner noise.
 
-    python -m evaluation.phantoms --out DIR --cases N --seed S [--fov abdomen|chest-abdomen-pelvis|whole-body]
+    python -m synthetic.phantoms --out DIR --cases N --seed S [--fov abdomen|chest-abdomen-pelvis|whole-body]
                                   [--slices N] [--spacing INPLANE THICKNESS] [--size 512] [--no-lesions]
 """
 

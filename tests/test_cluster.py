@@ -18,7 +18,7 @@ pytest.importorskip("ray", reason="Ray is the cluster's optional dependency (req
 from app.cluster import ClusterOptions, run_cluster  # noqa: E402
 from app.nifti import find_scans  # noqa: E402
 from app.pipeline import Options, Stages, predict_folder  # noqa: E402
-from evaluation.phantoms import generate, write  # noqa: E402
+from synthetic.phantoms import generate, write  # noqa: E402
 from tests.helpers import REAL_CASES, DieOnce, make_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

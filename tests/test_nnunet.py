@@ -19,7 +19,7 @@ from app.labels import flare_id  # noqa: E402
 from app.convert.nnunet_import import ImportErrorNnunet, import_nnunet  # noqa: E402
 from app.pipeline import Options, predict_folder  # noqa: E402
 from evaluation.metrics import dice  # noqa: E402
-from evaluation.phantoms import generate, write  # noqa: E402
+from synthetic.phantoms import generate, write  # noqa: E402
 from tests.helpers import REAL_CASES, make_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from app.nifti import read_scan
-from evaluation.phantoms import FOVS, generate, main
+from synthetic.phantoms import FOVS, generate, main
 
 
 def _volume_ml(ph, label):

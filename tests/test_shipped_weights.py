@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from evaluation.metrics import score_case
-from evaluation.phantoms import generate, write
+from synthetic.phantoms import generate, write
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "weights"

@@ -20,7 +20,7 @@ import numpy as np
 
 from app.pipeline import Options, predict_folder
 from evaluation.metrics import ORGANS, score_folder
-from evaluation.phantoms import generate, write
+from synthetic.phantoms import generate, write
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 

@@ -30,7 +30,8 @@ from app.convert.tensors import save_model
 from app.model import normalized
 from app.resample import resize_image, resize_labels
 from app.unet import UNet3D, UNetConfig, count_macs, count_parameters
-from evaluation.phantoms import generate
+from synthetic.label_maps import anatomy_phantom, label_map_files
+from synthetic.phantoms import generate
 
 LABEL_NAMES = {"0": "background", **{str(i): n for i, n in FLARE_LABELS.items()}}
 BINARY_NAMES = {"0": "background", "1": "foreground"}  # a coarse model only has to find the organs
@@ -50,7 +51,12 @@ def training_volume(seed: list[int], role: str, cfg: dict, intensity: dict) -> t
     ph_cfg = cfg["phantoms"]
     fov = str(rng.choice(ph_cfg["fovs"]))
     spacing = (float(rng.uniform(*ph_cfg["inplane"])), float(rng.uniform(*ph_cfg["thickness"])))
-    ph = generate(seed, fov=fov, spacing=spacing, size=ph_cfg["size"])
+    share = float(ph_cfg.get("label_maps", 0.0))  # real FLARE22 anatomy in a synthetic body, this share of the time
+    if share and rng.random() < share:
+        maps = label_map_files()  # the ten held-out maps never appear here
+        ph = anatomy_phantom(maps[int(rng.integers(len(maps)))], seed, inplane=spacing[0], thickness=spacing[1])
+    else:
+        ph = generate(seed, fov=fov, spacing=spacing, size=ph_cfg["size"])
     image, labels = torch.from_numpy(ph.image), torch.from_numpy(ph.labels)
     if role == "fine":  # crop like the engine's ROI stage: organ box plus a random margin
         box = bounding_box(ph.labels > 0)

@@ -1,0 +1,1 @@
+"""Synthetic CT for training and testing: geometric phantoms, real-anatomy phantoms, randomisation."""

@@ -1,0 +1,172 @@
+"""Phantoms with real anatomy: a real organ label map placed in a synthetic body, then randomised.
+
+The FLARE22 label maps (``../shared/data/labels_only/flare22``, research use only) give the 13 organs
+of real patients: shapes, sizes, positions, neighbourhoods. They carry no image and no body, so the
+geometric generator (``synthetic.phantoms``) supplies what surrounds the organs: fat, muscle wall,
+spine and ribs, lungs above the diaphragm, bowel, table. The map is first warped (patient size,
+in-plane rotation, smooth elastic deformation) onto a random scanner grid, the organs are rendered
+with randomised Hounsfield values and texture, and ``synthetic.randomise.scanner`` adds the scanner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .phantoms import FAT_PAD_MM, ORIENTATIONS, Phantom, _body, _Canvas
+from .randomise import PHASES, scanner, slice_profile, tissue_values
+
+LABEL_MAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "labels_only" / "flare22"
+# Never used for training: phantoms built from these report accuracy on real anatomy never seen.
+HOLD_OUT = tuple(f"FLARE22_Tr_{i:04d}.nii.gz" for i in (5, 10, 15, 20, 25, 30, 35, 40, 45, 50))
+TISSUE_OF = {1: "liver", 2: "kidney", 3: "spleen", 4: "pancreas", 5: "aorta", 6: "ivc", 7: "adrenal", 8: "adrenal",
+             9: "gallbladder", 10: "esophagus", 11: "stomach_wall", 12: "duodenum_wall", 13: "kidney"}
+
+
+def label_map_files(folder: Path = LABEL_MAPS, held_out: bool = False) -> list[Path]:
+    """The label maps for training (``held_out=False``) or the ten held out; fails loudly when absent."""
+    files = sorted(folder.glob("FLARE22_Tr_*.nii.gz"))
+    if not files:
+        raise FileNotFoundError(f"no FLARE22 label maps in {folder} (../shared/data/labels_only/flare22 beside the repository)")
+    return [f for f in files if (f.name in HOLD_OUT) == held_out]
+
+
+def read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A label map in canonical LPS ``[z, y, x]`` (uint8) and its spacing ``[z, y, x]`` in mm."""
+    import SimpleITK as sitk
+
+    image = sitk.DICOMOrient(sitk.ReadImage(str(path)), "LPS")
+    return sitk.GetArrayFromImage(image).astype(np.uint8), tuple(float(s) for s in reversed(image.GetSpacing()))  # type: ignore[return-value]
+
+
+def warp(labels: np.ndarray, spacing: tuple[float, float, float], target: tuple[float, float, float], rng: np.random.Generator,
+         scale: float = 0.1, rotate_deg: float = 8.0, elastic_mm: float = 6.0) -> np.ndarray:
+    """The map on a grid of ``target`` spacing: scaled per axis by up to ``scale``, rotated in-plane by
+    up to ``rotate_deg`` and deformed smoothly by up to ``elastic_mm``; nearest labels."""
+    from scipy import ndimage
+
+    factors = rng.uniform(1 - scale, 1 + scale, 3)
+    extent = np.array(labels.shape) * np.array(spacing) * factors
+    shape = tuple(max(1, int(round(e / t))) for e, t in zip(extent, target))
+    centre_out = (np.array(shape) - 1) / 2 * np.array(target)
+    centre_in = (np.array(labels.shape) - 1) / 2 * np.array(spacing)
+    theta = np.deg2rad(rng.uniform(-rotate_deg, rotate_deg))
+    cos, sin = np.cos(theta), np.sin(theta)
+    zz, yy, xx = (np.arange(n, dtype=np.float32) * t - c for n, t, c in zip(shape, target, centre_out))
+    coords = np.empty((3, *shape), np.float32)
+    coords[0] = (zz[:, None, None] / factors[0] + centre_in[0]) / spacing[0]
+    y_rot = cos * yy[:, None] - sin * xx[None, :]
+    x_rot = sin * yy[:, None] + cos * xx[None, :]
+    coords[1] = ((y_rot / factors[1] + centre_in[1]) / spacing[1])[None]
+    coords[2] = ((x_rot / factors[2] + centre_in[2]) / spacing[2])[None]
+    if elastic_mm > 0:
+        from .randomise import smooth_field
+
+        for axis in range(3):
+            amplitude = rng.uniform(0, elastic_mm) / spacing[axis]
+            coords[axis] += amplitude * smooth_field(shape, rng, cells=5)
+    return ndimage.map_coordinates(labels, coords, order=0, mode="constant", cval=0).astype(np.uint8)
+
+
+def _body_frame(labels: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, float, float]:
+    """Where the generator's frame sits on this grid (its origin in mm, z = kidneys' centre, x and y
+    from the aorta), and the half-width ``a`` and half-depth ``b`` of a body holding every organ."""
+    zyx = [np.arange(n) * s for n, s in zip(labels.shape, spacing)]
+
+    def centre(label: int) -> np.ndarray:
+        idx = np.argwhere(labels == label)
+        return idx.mean(0) * np.array(spacing) if len(idx) else np.array([np.nan] * 3)
+
+    kidneys = np.nanmean([centre(2), centre(13)], axis=0)
+    aorta = centre(5)
+    organs = np.argwhere(labels > 0) * np.array(spacing)
+    z0 = kidneys[0] if np.isfinite(kidneys[0]) else organs[:, 0].mean()
+    x0 = aorta[2] - 12 if np.isfinite(aorta[2]) else organs[:, 2].mean()
+    half_x = max(np.abs(organs[:, 2] - x0).max(), 60.0)
+    a = half_x / 0.78  # organs stay inside the muscle wall
+    b = a * 0.74
+    aorta_y = aorta[1] if np.isfinite(aorta[1]) else organs[:, 1].mean()
+    y0 = aorta_y - (0.55 * b - 28)  # the generator puts the aorta just in front of the spine at 0.55 b
+    depth = max(np.abs(organs[:, 1] - y0).max(), 40.0) / 0.78
+    b = max(b, depth)
+    origin = np.array([zyx[0][0] - z0, zyx[1][0] - y0, zyx[2][0] - x0])
+    return origin, float(a), float(b)
+
+
+def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = None, thickness: float | None = None,
+                    lesions: bool = True, deform: bool = True) -> Phantom:
+    """A randomised CT phantom around the real label map at ``path`` (labels: that map, warped)."""
+    rng = np.random.default_rng(seed)
+    labels, spacing = read_label_map(path)
+    present = np.flatnonzero(np.bincount(np.flatnonzero(labels.any(axis=(1, 2))), minlength=labels.shape[0]))
+    pad = int(rng.uniform(10, 60) / spacing[0])  # some scans reach far below the organs: keep the abdomen
+    labels = labels[max(0, present.min() - pad): present.max() + pad + 1]
+    inplane = float(rng.uniform(0.6, 1.0)) if inplane is None else inplane
+    thickness = float(rng.choice([0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0])) if thickness is None else thickness
+    render = (min(thickness, 2.5), inplane, inplane)  # rendered on a grid no coarser than the map, then profiled
+    labels = warp(labels, spacing, render, rng, **({} if deform else {"scale": 0.0, "rotate_deg": 0.0, "elastic_mm": 0.0}))
+    origin, a, b = _body_frame(labels, render)
+    cv = _Canvas(labels.shape, render, tuple(origin), rng)  # type: ignore[arg-type]
+    # Thin slices come from maps labelled at 2.5 mm: their organ surfaces step along z (nearest labels).
+    phase = int(rng.integers(0, len(PHASES)))
+    hu = tissue_values(rng, phase)
+    _body(cv, a, b, fat=rng.uniform(8, 35), phase=min(phase, 2))
+    body = cv.image > -500
+    for label, tissue in TISSUE_OF.items():
+        mask = labels == label
+        if label in (7, 8) and mask.any():  # adrenals sit in fat, not inside the liver they touch
+            from scipy import ndimage
+
+            ring = (ndimage.distance_transform_edt(~mask, sampling=render) <= FAT_PAD_MM) & ~mask & (labels == 0)
+            cv.image[ring] = hu["fat"]
+        if mask.any():
+            sl, texture = _texture_over(cv, mask, rng.uniform(3, 14))
+            cv.image[sl][mask[sl]] = hu[tissue] + texture[mask[sl]]
+    stomach = labels == 11
+    if stomach.any():  # fluid and a gas cap inside the wall
+        sl, field = _texture_over(cv, stomach, 1.0)
+        content = (field > rng.uniform(-0.6, 0.2)) & stomach[sl]
+        gas_level = np.quantile(np.argwhere(stomach)[:, 1], rng.uniform(0.0, 0.3))  # its anterior part (small y) holds gas
+        rows = np.arange(sl[1].start, sl[1].stop)[None, :, None]
+        cv.image[sl][content] = rng.uniform(0, 30)
+        cv.image[sl][content & (rows < gas_level)] = -950
+    if lesions:
+        _lesions(cv, labels, hu, rng)
+    cv.labels = labels
+    image = scanner(slice_profile(cv.image, render, thickness), render, rng, body=body)
+    n_render, n_out = labels.shape[0], max(1, int(round(labels.shape[0] * render[0] / thickness)))
+    if n_out != n_render:  # thick slices: the profiled volume sampled at the slice centres
+        idx = np.minimum(((np.arange(n_out) + 0.5) * n_render / n_out).astype(int), n_render - 1)
+        image, labels = image[idx], labels[idx]
+    z_spacing = render[0] * n_render / n_out
+    world = (origin[2], origin[1], origin[0] + (z_spacing - render[0]) / 2)  # voxel 0's centre moves with thicker slices
+    return Phantom(image, labels, (z_spacing, inplane, inplane), world, str(rng.choice(ORIENTATIONS)))
+
+
+def _texture_over(cv: _Canvas, mask: np.ndarray, amplitude: float) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The canvas's smooth texture over the bounding box of ``mask`` only (a full-volume field per
+    organ would cost seconds)."""
+    idx = np.argwhere(mask)
+    sl = tuple(slice(int(a), int(b) + 1) for a, b in zip(idx.min(0), idx.max(0)))
+    coords = [cv.axes[a][sl[a]].reshape([-1 if i == a else 1 for i in range(3)]) for a in range(3)]
+    return sl, cv.texture(coords, amplitude)
+
+
+def _lesions(cv: _Canvas, labels: np.ndarray, hu: dict[str, float], rng: np.random.Generator) -> None:
+    """0-3 hypodense lesions (label 14) inside the liver, kidneys or pancreas."""
+    for _ in range(int(rng.integers(0, 4))):
+        host = int(rng.choice([1, 1, 2, 13, 4]))
+        idx = np.argwhere(labels == host)
+        if not len(idx):
+            continue
+        centre = idx[rng.integers(len(idx))]
+        radii = rng.uniform(4, 16, 3) / np.array(cv.spacing)
+        lo = np.maximum(centre - np.ceil(radii).astype(int), 0)
+        hi = np.minimum(centre + np.ceil(radii).astype(int) + 1, labels.shape)
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        grid = np.ogrid[sl]
+        inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) < 1
+        inside &= labels[sl] == host
+        cv.image[sl][inside] += hu["lesion_offset"]
+        labels[sl][inside] = 14

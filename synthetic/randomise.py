@@ -1,0 +1,122 @@
+"""CT domain randomisation: what a scanner, a protocol and a patient change in an image, drawn wide.
+
+SynthSeg (Billot et al., 2023) trains on label maps rendered with random intensities so that the
+network keeps only shape and context; here the draws stay near CT physics: per-tissue Hounsfield
+means around real values in every contrast phase (native, arterial, portal venous, delayed), then
+the scanner: slice profile and reconstruction blur (partial volume), a smooth bias, correlated
+noise, metal with its streaks, and a truncated reconstruction circle. Pure functions of an image,
+its spacing and a ``numpy`` generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PHASES = ("native", "arterial", "venous", "delayed")
+
+# Hounsfield mean per tissue and phase, and the spread each draw may take around it (1 SD).
+TISSUE_HU: dict[str, tuple[tuple[float, float, float, float], float]] = {
+    "liver": ((55, 70, 110, 90), 15), "spleen": ((45, 120, 115, 95), 15), "kidney": ((30, 170, 160, 130), 25),
+    "pancreas": ((40, 110, 100, 80), 15), "aorta": ((40, 300, 160, 110), 40), "ivc": ((38, 80, 140, 110), 25),
+    "adrenal": ((25, 60, 55, 50), 12), "gallbladder": ((8, 10, 12, 15), 8), "esophagus": ((40, 60, 70, 65), 10),
+    "stomach_wall": ((40, 80, 90, 80), 12), "duodenum_wall": ((38, 75, 85, 75), 12), "heart": ((40, 250, 140, 110), 35),
+    "muscle": ((50, 55, 60, 58), 6), "bladder": ((8, 10, 15, 60), 10), "fat": ((-100, -100, -100, -100), 8),
+    "lesion_offset": ((-40, -50, -50, -40), 15),
+}
+
+
+def tissue_values(rng: np.random.Generator, phase: int) -> dict[str, float]:
+    """One draw of every tissue's mean HU for contrast phase ``phase`` (index into PHASES)."""
+    return {name: float(rng.normal(means[phase], spread)) for name, (means, spread) in TISSUE_HU.items()}
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """Ranges the scanner draw takes (uniform unless said)."""
+
+    blur_inplane_mm: tuple[float, float] = (0.0, 0.8)  # reconstruction kernel, Gaussian sigma
+    noise_hu: tuple[float, float] = (4.0, 35.0)  # sigma of the quantum noise
+    noise_grain_mm: tuple[float, float] = (0.0, 0.8)  # noise correlation (sigma of its smoothing)
+    bias_hu: tuple[float, float] = (0.0, 25.0)  # amplitude of a smooth additive field (beam hardening, scatter)
+    metal_chance: float = 0.15
+    truncation_chance: float = 0.15
+
+
+def slice_profile(image: np.ndarray, spacing: tuple[float, float, float], thickness_mm: float) -> np.ndarray:
+    """Partial volume along z: each slice integrates ``thickness_mm`` (a Gaussian of that FWHM),
+    whatever the sampling distance; a thick-slice scan from a thin-grid rendering."""
+    from scipy import ndimage
+
+    sigma = thickness_mm / 2.355 / spacing[0]
+    return ndimage.gaussian_filter1d(image, sigma, axis=0, mode="nearest") if sigma > 0.3 else image
+
+
+def smooth_field(shape: tuple[int, ...], rng: np.random.Generator, cells: int = 4) -> np.ndarray:
+    """A smooth random field in [-1, 1]: a few random values per axis, cubic upsampling."""
+    from scipy import ndimage
+
+    coarse = rng.uniform(-1, 1, [min(cells, n) for n in shape])
+    field = ndimage.zoom(coarse, [n / c for n, c in zip(shape, coarse.shape)], order=3, mode="nearest", grid_mode=True)
+    return np.clip(field[tuple(slice(0, n) for n in shape)], -1, 1).astype(np.float32)
+
+
+def add_metal(image: np.ndarray, spacing: tuple[float, float, float], rng: np.random.Generator, body: np.ndarray) -> None:
+    """A metal object inside the body and the streaks it throws across its slices (in place)."""
+    inside = np.argwhere(body)
+    if not len(inside):
+        return
+    cz, cy, cx = inside[rng.integers(len(inside))]
+    radius_mm = rng.uniform(2, 8)
+    nz = max(1, int(round(rng.uniform(5, 30) / spacing[0])))
+    z0, z1 = max(0, cz - nz // 2), min(image.shape[0], cz + nz // 2 + 1)
+    y, x = np.ogrid[: image.shape[1], : image.shape[2]]
+    dy, dx = (y - cy) * spacing[1], (x - cx) * spacing[2]
+    r = np.sqrt(dy * dy + dx * dx) + 1e-3
+    angle = np.arctan2(dy, dx)
+    streaks = np.zeros(image.shape[1:], np.float32)
+    for _ in range(int(rng.integers(3, 9))):
+        theta = rng.uniform(0, np.pi)
+        width = rng.uniform(0.01, 0.04)
+        along = np.exp(-((np.sin(angle - theta) / width) ** 2))  # a line through the metal, both ways
+        streaks += rng.choice([-1.0, 1.0]) * rng.uniform(150, 600) * along * np.exp(-r / rng.uniform(60, 200))
+    core = r < radius_mm
+    image[z0:z1] += streaks
+    image[z0:z1, core] = rng.uniform(2000, 3071)
+
+
+def truncate_field_of_view(image: np.ndarray, spacing: tuple[float, float, float], rng: np.random.Generator) -> None:
+    """Outside a reconstruction circle smaller than the matrix: the scanner's -1024 (in place)."""
+    ny, nx = image.shape[1:]
+    half = min(ny * spacing[1], nx * spacing[2]) / 2
+    radius = rng.uniform(0.6, 0.95) * half
+    y, x = np.ogrid[:ny, :nx]
+    dy, dx = (y - ny / 2) * spacing[1], (x - nx / 2) * spacing[2]
+    image[:, dy * dy + dx * dx > radius * radius] = -1024
+
+
+def scanner(image: np.ndarray, spacing: tuple[float, float, float], rng: np.random.Generator, body: np.ndarray | None = None,
+            ranges: Scanner = Scanner()) -> np.ndarray:
+    """A rendered HU volume as a random scanner would return it: blur, bias, metal, noise, circle.
+
+    Returns int16 HU in [-1024, 3071]; ``body`` (a mask) says where metal may sit.
+    """
+    from scipy import ndimage
+
+    out = image.astype(np.float32, copy=True)
+    blur = rng.uniform(*ranges.blur_inplane_mm)
+    if blur > 0.1:
+        out = ndimage.gaussian_filter(out, (0, blur / spacing[1], blur / spacing[2]), mode="nearest")
+    out += rng.uniform(*ranges.bias_hu) * smooth_field(out.shape, rng)
+    if body is not None and rng.random() < ranges.metal_chance:
+        add_metal(out, spacing, rng, body)
+    noise = rng.standard_normal(out.shape, dtype=np.float32)
+    grain = rng.uniform(*ranges.noise_grain_mm)
+    if grain > 0.1:
+        noise = ndimage.gaussian_filter(noise, (0, grain / spacing[1], grain / spacing[2]))
+        noise /= max(float(noise.std()), 1e-6)
+    out += noise * rng.uniform(*ranges.noise_hu)
+    if rng.random() < ranges.truncation_chance:
+        truncate_field_of_view(out, spacing, rng)
+    return np.clip(np.rint(out), -1024, 3071).astype(np.int16)

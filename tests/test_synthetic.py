@@ -1,0 +1,82 @@
+"""Real-anatomy phantoms (FLARE22 label maps in a synthetic body) and CT randomisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from synthetic.label_maps import HOLD_OUT, LABEL_MAPS, anatomy_phantom, label_map_files, read_label_map
+from synthetic.randomise import PHASES, TISSUE_HU, scanner, slice_profile, tissue_values, truncate_field_of_view
+
+
+def test_the_label_maps_are_there_and_ten_are_held_out():
+    training, held_out = label_map_files(), label_map_files(held_out=True)
+    assert len(held_out) == 10 and {p.name for p in held_out} == set(HOLD_OUT)
+    assert len(training) == 40 and not {p.name for p in training} & set(HOLD_OUT)
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return anatomy_phantom(LABEL_MAPS / "FLARE22_Tr_0001.nii.gz", seed=[5, 0], inplane=1.6, thickness=2.5)
+
+
+def test_anatomy_phantom_keeps_the_real_organs(phantom):
+    source, spacing = read_label_map(LABEL_MAPS / "FLARE22_Tr_0001.nii.gz")
+    assert phantom.image.dtype == np.int16 and phantom.image.shape == phantom.labels.shape
+    assert phantom.spacing == (2.5, 1.6, 1.6)
+    voxel = float(np.prod(phantom.spacing))
+    for organ in range(1, 14):
+        ours = (phantom.labels == organ).sum() * voxel
+        real = (source == organ).sum() * float(np.prod(spacing))
+        assert 0.6 * real < ours < 1.5 * real, (organ, ours, real)  # warped (size +-10 % per axis), not lost
+
+
+def test_organs_sit_in_a_body_not_in_air(phantom):
+    """Context: what surrounds an organ is tissue (fat, muscle, other organs), not the air outside."""
+    from scipy import ndimage
+
+    organs = phantom.labels > 0
+    shell = ndimage.binary_dilation(organs, iterations=2) & ~organs
+    air = phantom.image[shell] < -900
+    lung_or_gas = 0.1  # lung bases above the liver and stomach gas touch organs; the outside air does not
+    assert air.mean() < lung_or_gas, air.mean()
+    body = phantom.image > -500
+    assert body.mean() > 0.3  # a body fills the field of view around the organs
+
+
+def test_organ_intensities_follow_the_drawn_tissue_values(phantom):
+    liver = phantom.image[phantom.labels == 1].astype(float)
+    spleen = phantom.image[phantom.labels == 3].astype(float)
+    assert -50 < np.median(liver) < 250 and -50 < np.median(spleen) < 250
+    aorta = phantom.image[phantom.labels == 5].astype(float)
+    assert np.median(aorta) > -20
+
+
+def test_anatomy_phantoms_are_reproducible_and_vary_with_the_seed():
+    a = anatomy_phantom(LABEL_MAPS / "FLARE22_Tr_0002.nii.gz", seed=[1, 2], inplane=2.0, thickness=5.0, deform=False)
+    b = anatomy_phantom(LABEL_MAPS / "FLARE22_Tr_0002.nii.gz", seed=[1, 2], inplane=2.0, thickness=5.0, deform=False)
+    c = anatomy_phantom(LABEL_MAPS / "FLARE22_Tr_0002.nii.gz", seed=[1, 3], inplane=2.0, thickness=5.0, deform=False)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels)
+    assert a.spacing[0] == pytest.approx(5.0, rel=0.05)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_tissue_values_cover_every_phase():
+    rng = np.random.default_rng(0)
+    draws = [tissue_values(rng, p) for p in range(len(PHASES)) for _ in range(200)]
+    aorta = np.array([d["aorta"] for d in draws]).reshape(len(PHASES), -1).mean(1)
+    assert aorta.argmax() == PHASES.index("arterial") and aorta.argmin() == PHASES.index("native")
+    assert set(draws[0]) == set(TISSUE_HU)
+
+
+def test_scanner_noise_blur_and_truncation():
+    rng = np.random.default_rng(3)
+    flat = np.full((8, 64, 64), 40.0, np.float32)
+    out = scanner(flat, (2.0, 1.0, 1.0), rng)
+    assert out.dtype == np.int16 and out.shape == flat.shape
+    assert 2 < out[:, 8:56, 8:56].std() < 80  # noise of a few to a few tens of HU, some bias
+    thick = slice_profile(np.repeat(np.eye(1, 16, 8).T, 4, axis=1)[:, :, None].astype(np.float32).repeat(4, 2), (1.0, 1.0, 1.0), 5.0)
+    assert thick[8, 0, 0] < 1.0 and thick[6, 0, 0] > 0.0  # one bright slice spread over ~5 mm
+    image = np.zeros((2, 40, 40), np.float32)
+    truncate_field_of_view(image, (1.0, 1.0, 1.0), np.random.default_rng(0))
+    assert image[0, 0, 0] == -1024 and image[0, 20, 20] == 0
