@@ -87,7 +87,7 @@ def run_cluster(in_dir: Path, out_dir: Path, options: Options, cluster: ClusterO
     ``predict_folder``, plus a summary CSV. ``stages`` replaces the engine's stages on every worker
     (tests inject faults so)."""
     import ray
-    from ray.exceptions import RayError
+    from ray.exceptions import RayActorError, RayError
 
     if cluster.workers < 1:
         raise SetupError(f"--workers must be at least 1, got {cluster.workers}")
@@ -116,8 +116,10 @@ def run_cluster(in_dir: Path, out_dir: Path, options: Options, cluster: ClusterO
                     idle.append(actor)
                     try:
                         record = ray.get(ready[0])
-                    except RayError as e:  # the worker died on every attempt
+                    except RayActorError as e:  # the worker died on every attempt
                         record = {"case": path.name, "ok": False, "error": f"worker lost {cluster.retries + 1} times ({type(e).__name__})"}
+                    except RayError as e:  # anything else Ray reports for this case: its own failure only
+                        record = {"case": path.name, "ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
                     records[path] = record
                     results[path] = _result(record)
                     progress.end_case()  # a failure is logged by its worker, and again in the closing summary

@@ -8,14 +8,15 @@ import torch
 
 from .geometry import Box, bounding_box, expand_box_mm, map_box
 from .model import Model
+from .resample import channel_argmax
 
 
 def coarse_labels(model: Model, image: torch.Tensor, spacing: tuple[float, float, float]) -> np.ndarray:
     """FLARE labels of the whole scan on the coarse grid (uint8, CPU)."""
     x, _ = model.on_grid(image, spacing)
     patch = model.spec.size or model.spec.patch_size
-    labels = model.logits(x, patch=patch).argmax(0)
-    return model.lut[labels].cpu().numpy()
+    labels = channel_argmax(model.logits(x, patch=patch))
+    return model.lut[labels.long()].cpu().numpy()
 
 
 MIN_BLOB_ML = 2.0  # coarse blobs smaller than this are specks, not organs (an adrenal is about 5 mL)

@@ -13,7 +13,7 @@ import torch
 
 from .architecture import UNetConfig
 from .model import Model
-from .resample import resize_labels
+from .resample import channel_argmax, resize_labels
 
 log = logging.getLogger("app")
 
@@ -35,7 +35,7 @@ def segment_crop(
     del x
     logits = logits.to(model.device)
     if upsample == "labels":
-        labels = resize_labels(logits.argmax(0).to(torch.uint8), shape)  # type: ignore[arg-type]
+        labels = resize_labels(channel_argmax(logits), shape)  # type: ignore[arg-type]
     elif upsample == "logits":
         labels = model.labels_back(logits, shape, grid_spacing, spacing)  # type: ignore[arg-type]
     else:

@@ -33,19 +33,89 @@ def nearest_indices(n_in: int, n_out: int, device: torch.device) -> torch.Tensor
     return idx.clamp_(0, n_in - 1).long()
 
 
+def gather_grid(volume: torch.Tensor, z: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``volume[z][:, y][:, :, x]`` for index vectors per axis, the last axis first: gathering single
+    elements along x is the slow part, done so on the smallest array (5x faster than index_select
+    in axis order on a 512x512x300 mask)."""
+    return volume[:, :, x][:, y][z]
+
+
 def resize_labels(labels: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     """Nearest-neighbour resize of a ``[Z, Y, X]`` label map, any dtype."""
-    out = labels
-    for axis, n_out in enumerate(shape):
-        n_in = out.shape[axis]
-        if n_in != n_out:
-            out = out.index_select(axis, nearest_indices(n_in, n_out, out.device))
-    return out
+    if tuple(labels.shape) == tuple(shape):
+        return labels
+    return gather_grid(labels, *(nearest_indices(n, m, labels.device) for n, m in zip(labels.shape, shape)))
+
+
+def linear_taps(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per output sample of a linear resize (torch's ``align_corners=False`` rule): the two source
+    indices and the weight of the second."""
+    src = ((torch.arange(n_out, device=device, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp_(min=0)
+    i0 = src.floor().long().clamp_(max=n_in - 1)
+    return i0, (i0 + 1).clamp_(max=n_in - 1), (src - i0).float()
 
 
 def argmax_resized(logits: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """Labels of ``[C, Z, Y, X]`` logits after trilinear resize to ``shape``, channel by channel."""
-    return running_argmax(logits, lambda channel: resize_image(channel, shape))
+    """Labels of ``[C, Z, Y, X]`` logits after trilinear resize to ``shape``: the argmax of every
+    channel interpolated, computed only where it can differ from the source voxels'.
+
+    Trilinear values are convex combinations of 8 source voxels, so where those 8 share an argmax
+    (first maximum on ties) the interpolated argmax is theirs: only output voxels whose 8 sources
+    disagree, at label boundaries, are interpolated channel by channel. Exact, up to the rounding of
+    near-ties; a few times faster than resizing every channel when the boundaries are a small part.
+    """
+    source = channel_argmax(logits)
+    if tuple(logits.shape[1:]) == tuple(shape):
+        return source
+    device = logits.device
+    taps = [linear_taps(n, m, device) for n, m in zip(logits.shape[1:], shape)]
+    (z0, z1, wz), (y0, y1, wy), (x0, x1, wx) = taps
+    if logits.shape[0] > 128:  # the flag shares the label's byte below
+        return running_argmax(logits, lambda channel: resize_image(channel, shape))
+    coded = source | (_mixed_cells(source).to(torch.uint8) << 7)  # label and "mixed" in one gather
+    labels = gather_grid(coded, z0, y0, x0)
+    where = (labels >= 128).nonzero(as_tuple=True)
+    labels &= 127
+    if where[0].numel():
+        labels[where] = _interpolated_argmax(logits, where, taps)
+    return labels
+
+
+def _mixed_cells(source: torch.Tensor) -> torch.Tensor:
+    """Per source voxel: whether it and its 7 neighbours towards +z, +y, +x (the edge repeated at
+    the far faces, as linear resizing clamps) carry more than one label."""
+    padded = torch.cat([source, source[-1:]], 0)
+    padded = torch.cat([padded, padded[:, -1:]], 1)
+    padded = torch.cat([padded, padded[:, :, -1:]], 2)
+    nz, ny, nx = source.shape
+    mixed = torch.zeros(source.shape, dtype=torch.bool, device=source.device)
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                if dz or dy or dx:
+                    mixed |= padded[dz:dz + nz, dy:dy + ny, dx:dx + nx] != source
+    return mixed
+
+
+def _interpolated_argmax(logits: torch.Tensor, where: tuple[torch.Tensor, ...], taps: list) -> torch.Tensor:
+    """Trilinear argmax at the output voxels ``where`` only, all channels at once (ties: the first)."""
+    (z0, z1, wz), (y0, y1, wy), (x0, x1, wx) = taps
+    z, y, x = where
+    rows = logits.reshape(logits.shape[0], -1).t()  # a source voxel's channels side by side: one row per gather
+    ny, nx = logits.shape[2], logits.shape[3]
+    total = torch.zeros((z.numel(), logits.shape[0]), dtype=torch.float32, device=logits.device)
+    for zi, fz in ((z0, 1 - wz), (z1, wz)):
+        for yi, fy in ((y0, 1 - wy), (y1, wy)):
+            for xi, fx in ((x0, 1 - wx), (x1, wx)):
+                index = (zi[z] * ny + yi[y]) * nx + xi[x]
+                total += rows[index].float() * (fz[z] * fy[y] * fx[x])[:, None]
+    return total.argmax(1).to(torch.uint8)
+
+
+def channel_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """uint8 argmax over the channels of ``[C, Z, Y, X]`` logits (ties: the first), one channel at a
+    time: torch's ``argmax(0)`` reduces across a strided axis and took 1 s for 2 x 96 x 335 x 335 on the CPU."""
+    return running_argmax(logits, lambda channel: channel)
 
 
 def running_argmax(logits: torch.Tensor, resize: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

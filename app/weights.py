@@ -59,13 +59,6 @@ class Resampling:
     force_separate_z: bool | None = None
     anisotropy_threshold: float = 3.0
 
-    def to_dict(self) -> dict[str, Any] | str:
-        if self.scheme == "trilinear":
-            return "trilinear"
-        return {"scheme": self.scheme, "order": self.order, "order_z": self.order_z, "logits_order": self.logits_order,
-                "logits_order_z": self.logits_order_z, "force_separate_z": self.force_separate_z,
-                "anisotropy_threshold": self.anisotropy_threshold}
-
 
 def parse_resampling(value: Any, path: Path) -> Resampling:
     """``input.resample``: "trilinear", "nnunet" (nnU-Net's defaults) or an object of Resampling's fields."""

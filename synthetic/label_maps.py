@@ -99,7 +99,7 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     """A randomised CT phantom around the real label map at ``path`` (labels: that map, warped)."""
     rng = np.random.default_rng(seed)
     labels, spacing = read_label_map(path)
-    present = np.flatnonzero(np.bincount(np.flatnonzero(labels.any(axis=(1, 2))), minlength=labels.shape[0]))
+    present = np.flatnonzero(labels.any(axis=(1, 2)))  # slices holding an organ
     pad = int(rng.uniform(10, 60) / spacing[0])  # some scans reach far below the organs: keep the abdomen
     labels = labels[max(0, present.min() - pad): present.max() + pad + 1]
     inplane = float(rng.uniform(0.6, 1.0)) if inplane is None else inplane
