@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .phantoms import FAT_PAD_MM, ORIENTATIONS, Phantom, _body, _Canvas
-from .randomise import PHASES, scanner, slice_profile, tissue_values
+from .randomise import PHASES, scanner, slice_profile, smooth_field, tissue_values
 
 LABEL_MAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "labels_only" / "flare22"
 # Never used for training: phantoms built from these report accuracy on real anatomy never seen.
@@ -61,8 +61,6 @@ def warp(labels: np.ndarray, spacing: tuple[float, float, float], target: tuple[
     coords[1] = ((y_rot / factors[1] + centre_in[1]) / spacing[1])[None]
     coords[2] = ((x_rot / factors[2] + centre_in[2]) / spacing[2])[None]
     if elastic_mm > 0:
-        from .randomise import smooth_field
-
         for axis in range(3):
             amplitude = rng.uniform(0, elastic_mm) / spacing[axis]
             coords[axis] += amplitude * smooth_field(shape, rng, cells=5)
@@ -72,8 +70,6 @@ def warp(labels: np.ndarray, spacing: tuple[float, float, float], target: tuple[
 def _body_frame(labels: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, float, float]:
     """Where the generator's frame sits on this grid (its origin in mm, z = kidneys' centre, x and y
     from the aorta), and the half-width ``a`` and half-depth ``b`` of a body holding every organ."""
-    zyx = [np.arange(n) * s for n, s in zip(labels.shape, spacing)]
-
     def centre(label: int) -> np.ndarray:
         idx = np.argwhere(labels == label)
         return idx.mean(0) * np.array(spacing) if len(idx) else np.array([np.nan] * 3)
@@ -90,8 +86,7 @@ def _body_frame(labels: np.ndarray, spacing: tuple[float, float, float]) -> tupl
     y0 = aorta_y - (0.55 * b - 28)  # the generator puts the aorta just in front of the spine at 0.55 b
     depth = max(np.abs(organs[:, 1] - y0).max(), 40.0) / 0.78
     b = max(b, depth)
-    origin = np.array([zyx[0][0] - z0, zyx[1][0] - y0, zyx[2][0] - x0])
-    return origin, float(a), float(b)
+    return -np.array([z0, y0, x0]), float(a), float(b)  # voxel 0 sits at the grid's corner
 
 
 def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = None, thickness: float | None = None,
