@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .nifti import output_path, remove_stale_temps, write_atomically
-from .pipeline import STAGES, CaseResult, Engine, Options, SetupError, Stages, _timed_read, log_summary, plan_run
-from .progress import Progress
+from .pipeline import STAGES, CaseResult, Engine, Options, SetupError, Stages, _timed_read, load_specs, log_summary, plan_run
+from .progress import Progress, format_seconds
 
 log = logging.getLogger("app")
 
@@ -49,8 +49,6 @@ class CaseWorker:
 
     def __init__(self, options: Options, stages: Stages | None, run_started: float, log_level: int = logging.WARNING) -> None:
         global _ENGINES_BUILT
-        from .pipeline import load_specs
-
         # the driver reports every case; a worker speaks for itself only in warnings and errors (-v: all)
         logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
         coarse, fine = load_specs(options)
@@ -165,8 +163,6 @@ def _log_rate(progress: Progress) -> None:
         return
     elapsed = time.monotonic() - progress.started
     left = progress.seconds_left()
-    from .progress import format_seconds
-
     log.info("%d of %d case(s) done, %.1f per minute%s", progress.done, progress.total, progress.done / elapsed * 60,
              f", about {format_seconds(left)} left" if left else "")
 

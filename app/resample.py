@@ -47,10 +47,16 @@ def resize_labels(labels: torch.Tensor, shape: tuple[int, int, int]) -> torch.Te
     return gather_grid(labels, *(nearest_indices(n, m, labels.device) for n, m in zip(labels.shape, shape)))
 
 
+def grid_coordinates(n_in: int, n_out: int) -> np.ndarray:
+    """Source coordinate of each output sample when both grids span the same extent (voxel edges
+    aligned): scipy's ``grid_mode``, torch's ``align_corners=False``; float64 as scipy computes it."""
+    return float(n_in) / n_out * (np.arange(n_out, dtype=np.float64) + 0.5) - 0.5
+
+
 def linear_taps(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per output sample of a linear resize (torch's ``align_corners=False`` rule): the two source
     indices and the weight of the second."""
-    src = ((torch.arange(n_out, device=device, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp_(min=0)
+    src = torch.from_numpy(grid_coordinates(n_in, n_out)).to(device).clamp_(min=0)
     i0 = src.floor().long().clamp_(max=n_in - 1)
     return i0, (i0 + 1).clamp_(max=n_in - 1), (src - i0).float()
 
@@ -64,14 +70,13 @@ def argmax_resized(logits: torch.Tensor, shape: tuple[int, int, int]) -> torch.T
     disagree, at label boundaries, are interpolated channel by channel. Exact, up to the rounding of
     near-ties; a few times faster than resizing every channel when the boundaries are a small part.
     """
+    if logits.shape[0] > 128:  # the "mixed" flag shares the label's byte below
+        return running_argmax(logits, lambda channel: resize_image(channel, shape))
     source = channel_argmax(logits)
     if tuple(logits.shape[1:]) == tuple(shape):
         return source
-    device = logits.device
-    taps = [linear_taps(n, m, device) for n, m in zip(logits.shape[1:], shape)]
-    (z0, z1, wz), (y0, y1, wy), (x0, x1, wx) = taps
-    if logits.shape[0] > 128:  # the flag shares the label's byte below
-        return running_argmax(logits, lambda channel: resize_image(channel, shape))
+    taps = [linear_taps(n, m, logits.device) for n, m in zip(logits.shape[1:], shape)]
+    (z0, _, _), (y0, _, _), (x0, _, _) = taps
     coded = source | (_mixed_cells(source).to(torch.uint8) << 7)  # label and "mixed" in one gather
     labels = gather_grid(coded, z0, y0, x0)
     where = (labels >= 128).nonzero(as_tuple=True)
@@ -143,12 +148,6 @@ def running_argmax(logits: torch.Tensor, resize: Callable[[torch.Tensor], torch.
 SPLINE_POLE = math.sqrt(3.0) - 2.0  # the cubic B-spline prefilter's pole
 SPLINE_EDGE_PAD = 12  # scipy repeats 'nearest' edges this far before prefiltering (_prepad_for_spline_filter)
 SPLINE_ORDERS = (0, 1, 3)
-
-
-def grid_coordinates(n_in: int, n_out: int) -> np.ndarray:
-    """Source coordinate of each output sample when both grids span the same extent (voxel edges
-    aligned): scipy's ``grid_mode``, torch's ``align_corners=False``; float64 as scipy computes it."""
-    return float(n_in) / n_out * (np.arange(n_out, dtype=np.float64) + 0.5) - 0.5
 
 
 def spline_prefilter(x: torch.Tensor, axis: int) -> torch.Tensor:
