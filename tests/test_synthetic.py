@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from synthetic.label_maps import HOLD_OUT, LABEL_MAPS, anatomy_phantom, label_map_files, read_label_map
-from synthetic.randomise import PHASES, TISSUE_HU, scanner, slice_profile, tissue_values, truncate_field_of_view
+from synthetic.randomise import PHASES, TISSUE_HU, scanner, slice_profile, smooth_field, tissue_values, truncate_field_of_view
 
 
 def test_the_label_maps_are_there_and_ten_are_held_out():
@@ -80,3 +80,15 @@ def test_scanner_noise_blur_and_truncation():
     image = np.zeros((2, 40, 40), np.float32)
     truncate_field_of_view(image, (1.0, 1.0, 1.0), np.random.default_rng(0))
     assert image[0, 0, 0] == -1024 and image[0, 20, 20] == 0
+
+
+@pytest.mark.parametrize("shape,cells", [((37, 50, 61), 4), ((3, 80, 9), 5), ((1, 20, 20), 4)])
+def test_smooth_field_is_scipys_cubic_zoom_of_the_coarse_grid(shape, cells):
+    from scipy import ndimage
+
+    got = smooth_field(shape, np.random.default_rng(3), cells)
+    coarse = np.random.default_rng(3).uniform(-1, 1, [min(cells, n) for n in shape])
+    ref = ndimage.zoom(coarse, [n / c for n, c in zip(shape, coarse.shape)], order=3, mode="nearest", grid_mode=True)
+    assert got.shape == shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, np.clip(ref, -1, 1), atol=1e-5)
+    assert got.std() > 0.05 or min(shape) == 1

@@ -93,3 +93,23 @@ def test_deep_supervision_heads_train_and_are_not_shipped(tmp_path):
     from safetensors.torch import load_file
 
     assert set(load_file(tmp_path / "m" / "model.safetensors")) == set(net.state_dict())
+
+
+def test_init_starts_from_a_trained_folder_and_records_it(tmp_path):
+    """``--init``: fine-tuning starts from the given weights (at lr 0 they come out unchanged)."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    recipe = json.loads(RECIPE.read_text())
+    cfg = recipe["coarse"]
+    cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
+    cfg["train"].update(steps=1, pool=1, batch=1, checkpoint_every=100, refresh_every=1, patch_size=[8, 16, 16])
+    train_role("coarse", cfg, recipe, tmp_path / "a", torch.device("cpu"))
+    cfg["train"]["lr"] = 0.0
+    log = train_role("coarse", cfg, recipe, tmp_path / "b", torch.device("cpu"), init=tmp_path / "a")
+    a = load_file(tmp_path / "a" / "coarse" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "coarse" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    digest = hashlib.sha256((tmp_path / "a" / "coarse" / "model.safetensors").read_bytes()).hexdigest()
+    assert log["initialised_from"]["sha256"] == digest

@@ -1,12 +1,13 @@
 """Measure a weights folder through the full coarse-to-fine pipeline, for the model card.
 
-Held-out phantoms (a seed the training never used) at scanner resolution, and the labelled real
+Held-out phantoms (a seed the training never used) at scanner resolution, phantoms built around the
+ten held-out FLARE22 label maps (real anatomy no training run has seen), and the labelled real
 scans in ../shared/data/ct, are segmented with ``app.pipeline`` and scored with
 ``evaluation.metrics`` (FLARE23 rules). Real scans are scored only on the organs their labels
 contain (their labels are partial or a model's output), so those numbers are not real-anatomy
 accuracy claims.
 
-    python -m training.evaluate --weights weights --out eval_out [--cases 4] [--seed 424242]
+    python -m training.evaluate --weights weights --out eval_out [--cases 4] [--anatomy 4] [--seed 424242]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from app.pipeline import Options, predict_folder
 from evaluation.metrics import ORGANS, score_folder
+from synthetic.label_maps import anatomy_phantom, label_map_files
 from synthetic.phantoms import generate, write
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
@@ -33,6 +35,24 @@ def phantom_set(out: Path, n: int, seed: int) -> None:
         write(ph, out / "images" / f"{name}_0000.nii.gz", out / "labels" / f"{name}.nii.gz")
 
 
+def anatomy_set(out: Path, n: int, seed: int) -> None:
+    """Phantoms around the first ``n`` held-out label maps, each on its own random scanner grid."""
+    for i, path in enumerate(label_map_files(held_out=True)[:n]):
+        ph = anatomy_phantom(path, [seed, 100 + i])
+        name = f"anatomy_{path.name.split('.')[0]}"
+        write(ph, out / "images" / f"{name}_0000.nii.gz", out / "labels" / f"{name}.nii.gz")
+
+
+def scored_set(folder: Path, masks: Path, opts: Options) -> dict:
+    """Predict a generated set and score it: per-organ means and the organ mean."""
+    predict_folder(folder / "images", masks, opts)
+    scores = score_folder(masks, folder / "labels", "flare23", workers=2, progress=False)
+    result = table(scores, [*ORGANS, "Lesion"])
+    result["organ_mean"] = {k: float(np.mean([result[o][k] for o in ORGANS])) for k in ("dsc", "nsd")}
+    result["per_case"] = {s.name: float(np.mean([s.dsc[o] for o in ORGANS])) for s in scores if not s.error}
+    return result
+
+
 def table(scores, organs) -> dict:
     ok = [s for s in scores if not s.error]
     return {o: {"dsc": float(np.nanmean([s.dsc[o] for s in ok])), "nsd": float(np.nanmean([s.nsd[o] for s in ok]))} for o in organs}
@@ -40,10 +60,12 @@ def table(scores, organs) -> dict:
 
 def markdown(result: dict) -> str:
     """The model card's tables, straight from the measured figures."""
-    ph = result["phantoms"]
-    lines = ["| organ | DSC | NSD |", "|---|---|---|"]
-    lines += [f"| {o} | {ph[o]['dsc']:.3f} | {ph[o]['nsd']:.3f} |" for o in [*ORGANS, "Lesion"]]
-    lines += [f"| **organ mean** | **{ph['organ_mean']['dsc']:.3f}** | **{ph['organ_mean']['nsd']:.3f}** |", ""]
+    sets = [k for k in ("phantoms", "anatomy") if k in result]
+    head = {"phantoms": "phantoms", "anatomy": "real-anatomy phantoms (held-out maps)"}
+    lines = ["| organ | " + " | ".join(f"{head[k]}: DSC / NSD" for k in sets) + " |", "|---" * (len(sets) + 1) + "|"]
+    cell = {k: (lambda o, k=k: f"{result[k][o]['dsc']:.3f} / {result[k][o]['nsd']:.3f}") for k in sets}
+    lines += [f"| {o} | " + " | ".join(cell[k](o) for k in sets) + " |" for o in [*ORGANS, "Lesion"]]
+    lines += ["| **organ mean** | " + " | ".join(f"**{cell[k]('organ_mean')}**" for k in sets) + " |", ""]
     lines += ["| real scan | organ: DSC / NSD |", "|---|---|"]
     for name, organs in result["real"].items():
         lines.append(f"| {name.split('.')[0]} | " + ", ".join(f"{o} {v['dsc']:.3f} / {v['nsd']:.3f}" for o, v in organs.items()) + " |")
@@ -58,15 +80,16 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, default=Path("weights"))
     ap.add_argument("--out", type=Path, default=Path("eval_out"))
     ap.add_argument("--cases", type=int, default=4)
+    ap.add_argument("--anatomy", type=int, default=4, help="phantoms around this many of the held-out label maps (0: none)")
     ap.add_argument("--seed", type=int, default=424242)
     args = ap.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     phantom_set(args.out / "phantoms", args.cases, args.seed)
     opts = Options(weights=args.weights, device="cpu", timings=args.out / "timings.jsonl")
-    predict_folder(args.out / "phantoms" / "images", args.out / "phantom_masks", opts)
-    ph_scores = score_folder(args.out / "phantom_masks", args.out / "phantoms" / "labels", "flare23", workers=2, progress=False)
-    result = {"phantoms": table(ph_scores, [*ORGANS, "Lesion"])}
-    result["phantoms"]["organ_mean"] = {k: float(np.mean([result["phantoms"][o][k] for o in ORGANS])) for k in ("dsc", "nsd")}
+    result = {"phantoms": scored_set(args.out / "phantoms", args.out / "phantom_masks", opts)}
+    if args.anatomy:
+        anatomy_set(args.out / "anatomy", args.anatomy, args.seed)
+        result["anatomy"] = scored_set(args.out / "anatomy", args.out / "anatomy_masks", opts)
     predict_folder(SHARED / "images", args.out / "real_masks", opts)
     present = {name: case["labels_present"] for name, case in json.loads((SHARED / "labels_source.json").read_text())["cases"].items()}
     real = {}
@@ -77,9 +100,11 @@ def main() -> None:
     result["timings"] = [json.loads(line) for line in (args.out / "timings.jsonl").read_text().splitlines()]
     (args.out / "evaluation.json").write_text(json.dumps(result, indent=1))
     (args.out / "evaluation.md").write_text(markdown(result))
-    print(json.dumps({"phantom organ mean": result["phantoms"]["organ_mean"]}, indent=1))
-    for o in [*ORGANS, "Lesion"]:
-        print(f"{o:<12} DSC {result['phantoms'][o]['dsc']:.4f}  NSD {result['phantoms'][o]['nsd']:.4f}")
+    for key in ("phantoms", "anatomy"):
+        if key in result:
+            print(key, json.dumps(result[key]["organ_mean"]), json.dumps(result[key]["per_case"]))
+            for o in [*ORGANS, "Lesion"]:
+                print(f"  {o:<12} DSC {result[key][o]['dsc']:.4f}  NSD {result[key][o]['nsd']:.4f}")
     for name, organs in real.items():
         print(name, {o: v["dsc"] for o, v in organs.items()})
 

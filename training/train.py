@@ -5,7 +5,7 @@ engine's own resampling (trilinear images, nearest labels), so the networks see 
 feeds them. Seeds are fixed in the config: the same config, package versions and thread count
 reproduce the shipped tensors.
 
-    python -m training.train --config training/config.json --out weights [--role coarse|fine|both] [--device cpu|cuda] [--resume]
+    python -m training.train --config training/config.json --out weights [--role coarse|fine|both] [--device cpu|cuda] [--resume] [--init WEIGHTS]
 
 ``--resume`` loads the warm-restart cycles already finished in ``OUT/checkpoints/`` (a cycle depends
 only on the weights it starts from and its seed, so this equals re-running them).
@@ -213,8 +213,14 @@ def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, config: dict, s
     }
 
 
-def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.device, resume: bool = False) -> dict:
-    """Every cycle of one role; with ``resume``, cycles whose checkpoint exists in ``out`` are loaded."""
+def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.device, resume: bool = False, init: Path | None = None) -> dict:
+    """Every cycle of one role; with ``resume``, cycles whose checkpoint exists in ``out`` are loaded.
+
+    ``init``: a weights folder (``init/<role>/model.safetensors``) to start from instead of random
+    weights, for fine-tuning a trained pair on new data.
+    """
+    import hashlib
+
     from safetensors.torch import load_file
 
     base = recipe["seed"] + (0 if role == "coarse" else 1000)
@@ -223,6 +229,12 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
     ucfg = UNetConfig.from_dict({**cfg["architecture"], "num_classes": len(label_names(cfg))})
     net = UNet3D(ucfg).to(device)
     print(f"[{role}] {count_parameters(net) / 1e6:.2f} M parameters", flush=True)
+    start = None
+    if init is not None:
+        tensors = init / role / "model.safetensors"
+        net.load_state_dict(load_file(str(tensors), device=str(device)))
+        start = {"folder": str(init / role), "sha256": hashlib.sha256(tensors.read_bytes()).hexdigest()}
+        print(f"[{role}] starting from {tensors}", flush=True)
     config = {"role": role, "input": cfg["input"], "intensity": recipe["intensity"], "labels": label_names(cfg)}
     cycles = []
     for k, steps in enumerate(cycle_lengths(tr)):
@@ -258,6 +270,7 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "seed": base,
+        **({"initialised_from": start} if start else {}),
     }
     (out / role / "training_log.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
@@ -271,13 +284,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=None, help="override the step count with one cycle (for quick checks)")
     ap.add_argument("--resume", action="store_true", help="load the cycles already finished in OUT/checkpoints instead of re-running them")
+    ap.add_argument("--init", type=Path, default=None, help="start from the weights in INIT/<role>/ (fine-tuning) instead of random ones")
     args = ap.parse_args(argv)
     recipe = json.loads(args.config.read_text())
     for role in ("coarse", "fine") if args.role == "both" else (args.role,):
         cfg = recipe[role]
         if args.steps:
             cfg["train"]["steps"] = args.steps
-        print(json.dumps(train_role(role, cfg, recipe, args.out, torch.device(args.device), args.resume)), flush=True)
+        print(json.dumps(train_role(role, cfg, recipe, args.out, torch.device(args.device), args.resume, args.init)), flush=True)
 
 
 if __name__ == "__main__":
