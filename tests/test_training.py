@@ -113,3 +113,23 @@ def test_init_starts_from_a_trained_folder_and_records_it(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     digest = hashlib.sha256((tmp_path / "a" / "coarse" / "model.safetensors").read_bytes()).hexdigest()
     assert log["initialised_from"]["sha256"] == digest
+
+
+def test_slabs_and_padding_match_what_the_engine_sees():
+    """``phantoms.slab`` cuts a short z-range (partial scans); ``train.pad_value`` 0.0 pads patches as
+    the engine's sliding window does, not with the volume's minimum."""
+    from app.sliding_window import pad_to
+    from training.train import PatchSampler, training_volume
+
+    recipe = json.loads(RECIPE.read_text())
+    cfg = recipe["coarse"]
+    cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0], slab=[1.0, 36.0, 36.0])
+    image, labels = training_volume([3, 0], "coarse", cfg, recipe["intensity"])
+    assert image.shape[0] == 6 and labels.shape == image.shape  # 36 mm at the coarse model's 6 mm
+    sampler = PatchSampler((16, 8, 8), 0.0, np.random.default_rng(0), pad_value=0.0)
+    sampler.add(image, labels)
+    patch, _ = sampler.sample()
+    engine, _ = pad_to(image[None, None], (16, *image.shape[1:]))
+    padded = [bool((z == 0).all()) for z in patch]
+    assert sum(padded) == 10 and float(image.min()) < -1  # ten slices past the slab hold 0, not the minimum
+    assert sum(bool((z == 0).all()) for z in engine[0, 0]) == 10  # as the engine pads the same slab

@@ -58,10 +58,15 @@ def training_volume(seed: list[int], role: str, cfg: dict, intensity: dict) -> t
     else:
         ph = generate(seed, fov=fov, spacing=spacing, size=ph_cfg["size"])
     image, labels = torch.from_numpy(ph.image), torch.from_numpy(ph.labels)
+    slab = ph_cfg.get("slab")  # [share, min mm, max mm]: a short z-range, as in a partial scan
+    if slab and rng.random() < slab[0]:
+        n = max(1, min(image.shape[0], int(round(rng.uniform(slab[1], slab[2]) / ph.spacing[0]))))
+        z0 = int(rng.integers(0, image.shape[0] - n + 1))
+        image, labels = image[z0: z0 + n], labels[z0: z0 + n]
     if role == "fine":  # crop like the engine's ROI stage: organ box plus a random margin
-        box = bounding_box(ph.labels > 0)
+        box = bounding_box(labels.numpy() > 0)
         if box is not None:
-            box = expand_box_mm(box, ph.spacing, float(rng.uniform(*ph_cfg["roi_margin_mm"])), ph.labels.shape)
+            box = expand_box_mm(box, ph.spacing, float(rng.uniform(*ph_cfg["roi_margin_mm"])), tuple(labels.shape))
             image, labels = image[box.slices], labels[box.slices]
     if cfg.get("binary"):
         labels = (labels > 0).to(torch.uint8)
@@ -72,8 +77,10 @@ def training_volume(seed: list[int], role: str, cfg: dict, intensity: dict) -> t
 class PatchSampler:
     """Random patches from a pool of volumes, a share centred on a random present class."""
 
-    def __init__(self, patch: tuple[int, int, int], fg_fraction: float, rng: np.random.Generator) -> None:
-        self.patch, self.fg, self.rng = patch, fg_fraction, rng
+    def __init__(self, patch: tuple[int, int, int], fg_fraction: float, rng: np.random.Generator, pad_value: float | None = None) -> None:
+        # pad_value: what a patch reaching past the volume holds; None: the volume's minimum (the
+        # shipped recipe); 0.0 is what the engine's sliding window (and nnU-Net) pads with.
+        self.patch, self.fg, self.rng, self.pad_value = patch, fg_fraction, rng, pad_value
         self.pool: list[tuple[torch.Tensor, torch.Tensor, dict[int, np.ndarray]]] = []
 
     def add(self, image: torch.Tensor, labels: torch.Tensor, slot: int | None = None) -> None:
@@ -100,7 +107,7 @@ class PatchSampler:
         else:
             start = np.array([self.rng.integers(min(0, n - q), max(0, n - q) + 1) for n, q in zip(shape, p)])
         start = np.clip(start, np.minimum(0, shape - p), np.maximum(0, shape - p))
-        out_img = torch.full(tuple(p), float(image.min()), dtype=torch.float32)
+        out_img = torch.full(tuple(p), float(image.min()) if self.pad_value is None else self.pad_value, dtype=torch.float32)
         out_lab = torch.zeros(tuple(p), dtype=torch.long)
         src = tuple(slice(max(0, s), min(n, s + q)) for s, n, q in zip(start, shape, p))
         dst = tuple(slice(a.start - s, a.stop - s) for a, s in zip(src, start))
@@ -175,7 +182,7 @@ def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, config: dict, s
     ds = DeepSupervision(net, tr.get("deep_supervision", 0)).to(device)
     opt = torch.optim.AdamW([*net.parameters(), *ds.parameters()], lr=tr["lr"], weight_decay=3e-5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / steps) ** 0.9)
-    sampler = PatchSampler(patch, tr["foreground_fraction"], rng)  # type: ignore[arg-type]
+    sampler = PatchSampler(patch, tr["foreground_fraction"], rng, tr.get("pad_value"))  # type: ignore[arg-type]
     next_case = 0
     t0 = time.time()
     for _ in range(tr["pool"]):
