@@ -154,8 +154,31 @@ def _fat_pad(cv: _Canvas, shape, width_mm: float) -> None:
     cv.paint(sl, ring, -95.0, 0)
 
 
-def _body(cv: _Canvas, a: float, b: float, fat: float, phase: int) -> None:
-    """Body outline, fat, muscle wall, spine, ribs, lungs, heart, pelvis, bowel and table.
+@dataclass(frozen=True)
+class Arms:
+    """Arms down beside the trunk (mm; ``shift`` front-back as a share of the body's half-depth)."""
+
+    half_width: float
+    half_depth: float
+    gap: float
+    shift: float
+    z_range: tuple[float, float]
+    fat: float
+
+    @staticmethod
+    def draw(rng: np.random.Generator) -> "Arms":
+        return Arms(rng.uniform(30, 48), rng.uniform(35, 50), rng.uniform(3, 40), rng.uniform(-0.25, 0.25),
+                    (rng.uniform(-280, -120), rng.uniform(230, 330)), rng.uniform(4, 15))
+
+    @property
+    def reach(self) -> float:
+        """How far the arms reach beyond the trunk's side."""
+        return self.gap + 2 * self.half_width
+
+
+def _body(cv: _Canvas, a: float, b: float, fat: float, phase: int, arms: Arms | None = None) -> None:
+    """Body outline, fat, muscle wall, spine, ribs, lungs, heart, pelvis, bowel and table, and the
+    arms where given.
 
     Cross-sections are 2D masks cached per (rounded) radius and assigned slice by slice, which
     keeps a 512x512x300 phantom to a few seconds.
@@ -204,6 +227,14 @@ def _body(cv: _Canvas, a: float, b: float, fat: float, phase: int) -> None:
                 if zk > dome.min():  # lungs above the diaphragm
                     lung = (zk > dome) & ellipse(az - fat - 16, bz - fat - 16) & ~mediastinum
                     sl[lung] = -850
+            if arms is not None and arms.z_range[0] < zk < arms.z_range[1]:
+                ra, rb, dy = arms.half_width, arms.half_depth, arms.shift * b
+                for side in (-1, 1):
+                    cx = side * (az + arms.gap + ra)
+                    sl[ellipse(ra, rb, cx, dy)] = fat_hu
+                    sl[ellipse(ra - arms.fat, rb - arms.fat, cx, dy)] = muscle_hu
+                    sl[ellipse(11, 11, cx, dy)] = 650  # humerus
+                    sl[ellipse(6, 6, cx, dy)] = 120  # marrow
             sl[vert] = 85 if zk % 32.0 < 7 else 260
             sl[canal] = 15
             sl[arch] = 500

@@ -92,3 +92,18 @@ def test_smooth_field_is_scipys_cubic_zoom_of_the_coarse_grid(shape, cells):
     assert got.shape == shape and got.dtype == np.float32
     np.testing.assert_allclose(got, np.clip(ref, -1, 1), atol=1e-5)
     assert got.std() > 0.05 or min(shape) == 1
+
+
+def test_arms_beside_the_trunk_only_when_asked(phantom):
+    """``arms``: a wider field of view with tissue and bone lateral to the body; at 0 the phantom is
+    the one drawn without the option (their stream is separate)."""
+    same = anatomy_phantom(LABEL_MAPS / "FLARE22_Tr_0001.nii.gz", seed=[5, 0], inplane=1.6, thickness=2.5, arms=0.0)
+    assert np.array_equal(same.image, phantom.image) and np.array_equal(same.labels, phantom.labels)
+    armed = anatomy_phantom(LABEL_MAPS / "FLARE22_Tr_0001.nii.gz", seed=[5, 0], inplane=1.6, thickness=2.5, arms=1.0)
+    assert armed.image.shape[2] > phantom.image.shape[2] and armed.image.shape[:2] == phantom.image.shape[:2]
+    z = int(np.argwhere(armed.labels == 1)[:, 0].mean())  # a liver slice
+    row = armed.image[z, armed.image.shape[1] // 3: armed.image.shape[1] * 2 // 3]
+    tissue = (row > -500).any(axis=0)
+    runs = np.flatnonzero(np.diff(tissue.astype(int)))  # left arm, trunk, right arm: three runs of tissue
+    assert len(runs) >= 5 and row.max() > 500  # and the humerus's bone
+    assert np.array_equal(np.unique(armed.labels), np.unique(phantom.labels))  # arms carry no label
