@@ -1,1 +1,1 @@
-"""Training recipe for the demonstration weights (synthetic phantoms only)."""
+"""Training recipe for the demonstration weights (synthetic images: geometric phantoms and real organ maps)."""
