@@ -133,3 +133,40 @@ def test_slabs_and_padding_match_what_the_engine_sees():
     padded = [bool((z == 0).all()) for z in patch]
     assert sum(padded) == 10 and float(image.min()) < -1  # ten slices past the slab hold 0, not the minimum
     assert sum(bool((z == 0).all()) for z in engine[0, 0]) == 10  # as the engine pads the same slab
+
+
+def test_nnunet_augmentation_turns_only_the_axial_plane_and_never_mirrors():
+    """Rotation about z only: a z-invariant label map stays z-invariant; no mirroring: a right-side
+    organ stays on its side."""
+    from training.augmentation import nnunet_augmentation
+
+    aug = nnunet_augmentation((8, 32, 32))
+    image = torch.randn(8, 32, 32)
+    labels = torch.zeros(8, 32, 32, dtype=torch.long)
+    labels[:, 4:12, 20:28] = 2  # the same box in every slice, right of the centre column
+    np.random.seed(0)
+    torch.manual_seed(0)
+    moved = 0
+    for _ in range(40):
+        img, lab = aug(image, labels)
+        assert img.shape == image.shape and lab.shape == labels.shape and lab.dtype == torch.long
+        assert set(lab.unique().tolist()) <= {0, 2}
+        filled = [z for z in range(8) if (lab[z] == 2).any()]
+        assert filled and all(torch.equal(lab[z], lab[filled[0]]) for z in filled)  # no tilt out of the axial plane
+        assert np.argwhere(lab[filled[0]].numpy() == 2)[:, 1].mean() > 15.5  # never mirrored to the other side
+        moved += not torch.equal(lab, labels)
+    assert moved >= 5  # rotations and zooms did happen (p 0.2 each)
+
+
+def test_the_recipe_with_nnunet_augmentation_is_repeatable(tmp_path):
+    from safetensors.torch import load_file
+
+    recipe = json.loads(RECIPE.read_text())
+    cfg = recipe["coarse"]
+    cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
+    cfg["train"].update(steps=3, pool=1, batch=1, checkpoint_every=100, refresh_every=10, patch_size=[8, 16, 16], augment="nnunet")
+    for run in ("a", "b"):
+        train_role("coarse", cfg, recipe, tmp_path / run, torch.device("cpu"))
+    a = load_file(tmp_path / "a" / "coarse" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "coarse" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -183,6 +183,12 @@ def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, config: dict, s
     opt = torch.optim.AdamW([*net.parameters(), *ds.parameters()], lr=tr["lr"], weight_decay=3e-5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / steps) ** 0.9)
     sampler = PatchSampler(patch, tr["foreground_fraction"], rng, tr.get("pad_value"))  # type: ignore[arg-type]
+    spatial = None
+    if tr.get("augment") == "nnunet":  # nnU-Net's spatial and intensity augmentation (training/augmentation.py)
+        from training.augmentation import nnunet_augmentation
+
+        spatial = nnunet_augmentation(patch)  # type: ignore[arg-type]
+        np.random.seed(seed % 2**32)  # batchgeneratorsv2 draws from numpy's global generator (torch's is seeded per cycle)
     next_case = 0
     t0 = time.time()
     for _ in range(tr["pool"]):
@@ -196,6 +202,8 @@ def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, config: dict, s
             sampler.add(*training_volume([seed, next_case], role, cfg, recipe["intensity"]), slot=next_case % tr["pool"])
             next_case += 1
         batch = [sampler.sample() for _ in range(tr["batch"])]
+        if spatial is not None:
+            batch = [spatial(*b) for b in batch]
         x = torch.stack([augment(b[0], rng) for b in batch])[:, None].to(device)
         y = torch.stack([b[1] for b in batch]).to(device)
         net.train()
