@@ -79,7 +79,7 @@ class PatchSampler:
 
     def __init__(self, patch: tuple[int, int, int], fg_fraction: float, rng: np.random.Generator, pad_value: float | None = None) -> None:
         # pad_value: what a patch reaching past the volume holds; None: the volume's minimum (the
-        # shipped recipe); 0.0 is what the engine's sliding window (and nnU-Net) pads with.
+        # stage-1 recipe, config.json); 0.0 is what the engine's sliding window (and nnU-Net) pads with.
         self.patch, self.fg, self.rng, self.pad_value = patch, fg_fraction, rng, pad_value
         self.pool: list[tuple[torch.Tensor, torch.Tensor, dict[int, np.ndarray]]] = []
 
@@ -183,11 +183,11 @@ def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, config: dict, s
     opt = torch.optim.AdamW([*net.parameters(), *ds.parameters()], lr=tr["lr"], weight_decay=3e-5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / steps) ** 0.9)
     sampler = PatchSampler(patch, tr["foreground_fraction"], rng, tr.get("pad_value"))  # type: ignore[arg-type]
-    spatial = None
+    nnunet_aug = None
     if tr.get("augment") == "nnunet":  # nnU-Net's spatial and intensity augmentation (training/augmentation.py)
         from training.augmentation import nnunet_augmentation
 
-        spatial = nnunet_augmentation(patch)  # type: ignore[arg-type]
+        nnunet_aug = nnunet_augmentation(patch)  # type: ignore[arg-type]
         np.random.seed(seed % 2**32)  # batchgeneratorsv2 draws from numpy's global generator (torch's is seeded per cycle)
     next_case = 0
     t0 = time.time()
@@ -202,8 +202,8 @@ def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, config: dict, s
             sampler.add(*training_volume([seed, next_case], role, cfg, recipe["intensity"]), slot=next_case % tr["pool"])
             next_case += 1
         batch = [sampler.sample() for _ in range(tr["batch"])]
-        if spatial is not None:
-            batch = [spatial(*b) for b in batch]
+        if nnunet_aug is not None:
+            batch = [nnunet_aug(*b) for b in batch]
         x = torch.stack([augment(b[0], rng) for b in batch])[:, None].to(device)
         y = torch.stack([b[1] for b in batch]).to(device)
         net.train()
