@@ -110,9 +110,9 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     drawn = Arms.draw(arm_rng) if arm_rng.random() < arms else None
     if drawn is not None:  # widen the field of view so that both arms fall inside it, with air beyond
         reach = a * 1.05 + drawn.reach + arm_rng.uniform(5, 40)
-        left, right = reach + origin[2], reach - (labels.shape[2] * inplane + origin[2])
-        labels = np.pad(labels, ((0, 0), (0, 0), (max(0, int(np.ceil(left / inplane))), max(0, int(np.ceil(right / inplane))))))
-        origin, a, b = _body_frame(labels, render)
+        left, right = (max(0, int(np.ceil(mm / inplane))) for mm in (reach + origin[2], reach - (labels.shape[2] * inplane + origin[2])))
+        labels = np.pad(labels, ((0, 0), (0, 0), (left, right)))
+        origin[2] -= left * inplane  # the body frame moves with the organs; its size does not change
     cv = _Canvas(labels.shape, render, tuple(origin), rng)  # type: ignore[arg-type]
     # Thin slices come from maps labelled at 2.5 mm: their organ surfaces step along z (nearest labels).
     phase = int(rng.integers(0, len(PHASES)))

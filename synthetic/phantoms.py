@@ -166,7 +166,7 @@ class Arms:
     fat: float
 
     @staticmethod
-    def draw(rng: np.random.Generator) -> "Arms":
+    def draw(rng: np.random.Generator) -> Arms:
         return Arms(rng.uniform(30, 48), rng.uniform(35, 50), rng.uniform(3, 40), rng.uniform(-0.25, 0.25),
                     (rng.uniform(-280, -120), rng.uniform(230, 330)), rng.uniform(4, 15))
 
