@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 
 Triple = tuple[int, int, int]
 
+# "batch" normalises with per-channel statistics stored in the weights, the same for every input:
+# the network is then shift-equivariant, so one pass over a whole crop computes what any tiling
+# would, while instance norm's statistics depend on the extent of the input (benchmarks/README.md).
+NORMS = ("instance", "batch")
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -19,8 +24,11 @@ class UNetConfig:
     in_channels: int = 1
     n_conv_per_stage: Sequence[int] = field(default=())
     n_conv_per_stage_decoder: Sequence[int] = field(default=())
+    norm: str = "instance"  # "instance": statistics of each input (nnU-Net's default); "batch": stored ones
 
     def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {list(NORMS)}, got {self.norm!r}")
         n = len(self.features)
         if n < 2 or len(self.strides) != n or len(self.kernel_sizes) != n:
             raise ValueError("features, strides and kernel_sizes need one entry per stage (at least 2 stages)")
@@ -41,7 +49,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
-        keys = {"features", "strides", "kernel_sizes", "num_classes", "in_channels", "n_conv_per_stage", "n_conv_per_stage_decoder"}
+        keys = {"features", "strides", "kernel_sizes", "num_classes", "in_channels", "n_conv_per_stage", "n_conv_per_stage_decoder", "norm"}
         unknown = set(d) - keys - {"name"}
         if unknown:
             raise ValueError(f"unknown architecture fields: {sorted(unknown)}")
@@ -56,6 +64,7 @@ class UNetConfig:
             in_channels=int(d.get("in_channels", 1)),
             n_conv_per_stage=[int(n) for n in d.get("n_conv_per_stage", [])],
             n_conv_per_stage_decoder=[int(n) for n in d.get("n_conv_per_stage_decoder", [])],
+            norm=str(d.get("norm", "instance")),
         )
 
     def to_dict(self) -> dict:
@@ -68,6 +77,7 @@ class UNetConfig:
             "in_channels": self.in_channels,
             "n_conv_per_stage": list(self.n_conv_per_stage),
             "n_conv_per_stage_decoder": list(self.n_conv_per_stage_decoder),
+            "norm": self.norm,
         }
 
 

@@ -15,22 +15,37 @@ from torch import nn
 
 from .architecture import Triple, UNetConfig, _triple
 
-__all__ = ["UNet3D", "UNetConfig", "count_macs", "count_parameters"]
+__all__ = ["StoredStatsNorm", "UNet3D", "UNetConfig", "count_macs", "count_parameters"]
+
+
+class StoredStatsNorm(nn.BatchNorm3d):
+    """Batch norm that always normalises with its stored statistics, in training too: the
+    statistics are set once (``training/norm_statistics.py``) and only the affine part learns,
+    so training computes exactly what inference does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return StoredStatsNorm(channels, eps=1e-5)
+    return nn.InstanceNorm3d(channels, eps=1e-5, affine=True)
 
 
 class ConvBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, kernel: Triple, stride: Triple = (1, 1, 1)) -> None:
+    def __init__(self, cin: int, cout: int, kernel: Triple, stride: Triple = (1, 1, 1), norm: str = "instance") -> None:
         super().__init__()
         self.conv = nn.Conv3d(cin, cout, kernel, stride=stride, padding=tuple(k // 2 for k in kernel))
-        self.norm = nn.InstanceNorm3d(cout, eps=1e-5, affine=True)
+        self.norm = _norm(norm, cout)
         self.nonlin = nn.LeakyReLU(0.01, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.nonlin(self.norm(self.conv(x)))
 
 
-def _stack(n: int, cin: int, cout: int, kernel: Triple, stride: Triple) -> nn.Sequential:
-    return nn.Sequential(ConvBlock(cin, cout, kernel, stride), *[ConvBlock(cout, cout, kernel) for _ in range(n - 1)])
+def _stack(n: int, cin: int, cout: int, kernel: Triple, stride: Triple, norm: str) -> nn.Sequential:
+    return nn.Sequential(ConvBlock(cin, cout, kernel, stride, norm), *[ConvBlock(cout, cout, kernel, norm=norm) for _ in range(n - 1)])
 
 
 class _Encoder(nn.Module):
@@ -38,7 +53,7 @@ class _Encoder(nn.Module):
         super().__init__()
         stages, cin = [], cfg.in_channels
         for f, s, k, n in zip(cfg.features, cfg.strides, cfg.kernel_sizes, cfg.n_conv_per_stage):
-            stages.append(_stack(n, cin, f, _triple(k), _triple(s)))
+            stages.append(_stack(n, cin, f, _triple(k), _triple(s), cfg.norm))
             cin = f
         self.stages = nn.ModuleList(stages)
 
@@ -51,7 +66,7 @@ class _Decoder(nn.Module):
         for i, s in enumerate(range(len(feats) - 1, 0, -1)):
             stride = _triple(cfg.strides[s])
             ups.append(nn.ConvTranspose3d(feats[s], feats[s - 1], stride, stride=stride))
-            stages.append(_stack(cfg.n_conv_per_stage_decoder[i], 2 * feats[s - 1], feats[s - 1], _triple(cfg.kernel_sizes[s - 1]), (1, 1, 1)))
+            stages.append(_stack(cfg.n_conv_per_stage_decoder[i], 2 * feats[s - 1], feats[s - 1], _triple(cfg.kernel_sizes[s - 1]), (1, 1, 1), cfg.norm))
         self.transpconvs = nn.ModuleList(ups)
         self.stages = nn.ModuleList(stages)
         self.seg = nn.Conv3d(feats[0], cfg.num_classes, 1)

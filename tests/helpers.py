@@ -18,22 +18,29 @@ if not (SHARED / "images").is_dir():  # pragma: no cover - the data must be ther
 REAL_CASES = sorted(p for p in (SHARED / "images").glob("*_0000.nii.gz"))
 
 
-def tiny_unet(num_classes: int = 15, seed: int = 0, fg_bias: float = 0.0) -> UNet3D:
-    """A 3-stage U-Net with random weights; ``fg_bias`` tilts it towards foreground labels."""
+def tiny_unet(num_classes: int = 15, seed: int = 0, fg_bias: float = 0.0, norm: str = "instance") -> UNet3D:
+    """A 3-stage U-Net with random weights (and random stored statistics with ``norm="batch"``);
+    ``fg_bias`` tilts it towards foreground labels."""
     torch.manual_seed(seed)
-    cfg = UNetConfig(features=[4, 8, 16], strides=[(1, 1, 1), (1, 2, 2), (2, 2, 2)], kernel_sizes=[(1, 3, 3), (3, 3, 3), (3, 3, 3)], num_classes=num_classes)
+    cfg = UNetConfig(features=[4, 8, 16], strides=[(1, 1, 1), (1, 2, 2), (2, 2, 2)], kernel_sizes=[(1, 3, 3), (3, 3, 3), (3, 3, 3)], num_classes=num_classes,
+                     norm=norm)
     net = UNet3D(cfg).eval()
     with torch.no_grad():
         net.decoder.seg.bias[1:] += fg_bias
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.05, 0.5)
     return net
 
 
-def make_weights(root: Path, seed: int = 0, coarse_size: tuple[int, int, int] = (16, 32, 32), fine_spacing=(4.0, 3.0, 3.0), fine_patch=(16, 64, 64)) -> Path:
+def make_weights(root: Path, seed: int = 0, coarse_size: tuple[int, int, int] = (16, 32, 32), fine_spacing=(4.0, 3.0, 3.0), fine_patch=(16, 64, 64),
+                 fine_norm: str = "instance") -> Path:
     """A weights folder (coarse/ + fine/) with tiny random networks, all 14 FLARE labels."""
     labels = {"0": "background", **{str(i): n for i, n in FLARE_LABELS.items()}}
     intensity = {"clip": [-1000.0, 1000.0], "mean": 0.0, "std": 300.0}
     save_model(root / "coarse", tiny_unet(seed=seed, fg_bias=0.5), {"role": "coarse", "input": {"size": list(coarse_size)}, "intensity": intensity, "labels": labels})
-    save_model(root / "fine", tiny_unet(seed=seed + 1, fg_bias=0.5), {"role": "fine", "input": {"spacing": list(fine_spacing), "patch_size": list(fine_patch), "step": 0.5}, "intensity": intensity, "labels": labels})
+    save_model(root / "fine", tiny_unet(seed=seed + 1, fg_bias=0.5, norm=fine_norm), {"role": "fine", "input": {"spacing": list(fine_spacing), "patch_size": list(fine_patch), "step": 0.5}, "intensity": intensity, "labels": labels})
     return root
 
 

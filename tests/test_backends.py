@@ -67,15 +67,16 @@ def test_shipped_onnx_files_are_current():
             make_backend(spec, Placement("onnxruntime", "cpu", precision))  # raises when stale or missing
 
 
-@pytest.fixture()
-def exported(tmp_path):
-    weights = make_weights(tmp_path / "w")
+@pytest.fixture(params=["instance"])
+def exported(tmp_path, request):
+    weights = make_weights(tmp_path / "w", fine_norm=request.param)
     for role in ("coarse", "fine"):
         export_onnx(weights / role)
     return weights
 
 
-@pytest.mark.parametrize("shape", [(16, 64, 64), (32, 96, 128)])
+@pytest.mark.parametrize("exported, shape", [("instance", (16, 64, 64)), ("instance", (32, 96, 128)), ("batch", (32, 96, 128))],
+                         indirect=["exported"])
 def test_export_has_dynamic_axes_and_matches_torch(exported, shape):
     spec = read_spec(exported / "fine", "fine")
     net = build_network(spec)

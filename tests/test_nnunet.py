@@ -100,7 +100,12 @@ def nnunet_folder_from_weights(weights: Path, root: Path, spacing=None, patch=No
     lo, hi = cfg["intensity"]["clip"]
     plans["foreground_intensity_properties_per_channel"]["0"].update(percentile_00_5=lo, percentile_99_5=hi, mean=cfg["intensity"]["mean"], std=cfg["intensity"]["std"])
     dataset = {"channel_names": {"0": "CT"}, "labels": {n: int(c) for c, n in cfg["labels"].items()}, "numTraining": 1, "file_ending": ".nii.gz"}
-    kw = dict(arch, conv_op=torch.nn.Conv3d, norm_op=torch.nn.InstanceNorm3d, dropout_op=None, nonlin=torch.nn.LeakyReLU)
+    batch_norm = a.get("norm", "instance") == "batch"  # nnU-Net's BatchNorm3d runs on its stored statistics in eval mode, as ours does
+    if batch_norm:
+        arch["norm_op"] = "torch.nn.modules.batchnorm.BatchNorm3d"
+        plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"] = arch
+    kw = dict(arch, conv_op=torch.nn.Conv3d, norm_op=torch.nn.BatchNorm3d if batch_norm else torch.nn.InstanceNorm3d, dropout_op=None,
+              nonlin=torch.nn.LeakyReLU)
     net = PlainConvUNet(input_channels=1, num_classes=len(cfg["labels"]), deep_supervision=False, **kw)
     ours = load_file(str(weights / cfg["files"][0]))
     last = len(a["features"]) - 2
@@ -179,6 +184,20 @@ def test_import_writes_our_format(imported):
                             "crop_nonzero": True, "resample": resample, "blending": "nnunet"}
     assert cfg["intensity"] == {"clip": [-150.0, 400.0], "mean": 80.0, "std": 120.0}
     assert cfg["labels"]["1"] == "spleen" and cfg["files"] == ["fold_all.safetensors"]
+
+
+def test_batch_norm_models_import_with_their_stored_statistics(tmp_path):
+    """nnU-Net's BatchNorm3d variant: the importer keeps the running statistics (nnU-Net infers with
+    them) and its own check against nnU-Net's network passes only if they are used."""
+    from safetensors.torch import load_file
+
+    weights = make_weights(tmp_path / "w", fine_norm="batch")
+    model = nnunet_folder_from_weights(weights / "fine", tmp_path / "nnunet")
+    cfg = import_nnunet(model, ["all"], "checkpoint_final.pth", "fine", tmp_path / "out")
+    assert cfg["architecture"]["norm"] == "batch"
+    ours, imported = load_file(weights / "fine" / "model.safetensors"), load_file(tmp_path / "out" / "fold_all.safetensors")
+    stats = [k for k in ours if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(ours[k], imported[k]) for k in stats)
 
 
 def test_same_segmentation_and_logits_as_nnunets_predictor(nnunet_model, imported, tmp_path):
@@ -298,6 +317,7 @@ def _edit_plans(model: Path, fn) -> None:
         (lambda p: p["configurations"]["3d_fullres"].update(previous_stage="3d_lowres"), "previous_stage"),
         (lambda p: p.update(transpose_forward=[2, 0, 1]), "transpose_forward"),
         (lambda p: p["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"].update(dropout_op="torch.nn.Dropout3d"), "dropout_op"),
+        (lambda p: p["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"].update(norm_op="torch.nn.modules.batchnorm.BatchNorm2d"), "norm_op"),
         (lambda p: p["configurations"]["3d_fullres"].update(resampling_fn_data="resample_torch_fornnunet"), "resampling_fn_data"),
         (lambda p: p["configurations"]["3d_fullres"]["resampling_fn_probabilities_kwargs"].update(order=2), "resampling_fn_probabilities_kwargs.order"),
     ],

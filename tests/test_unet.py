@@ -31,6 +31,31 @@ def test_bad_architecture_is_a_clear_error():
         UNetConfig.from_dict({**_cfg().to_dict(), "dropout": 0.1})
 
 
+def test_norm_is_part_of_the_architecture():
+    assert UNetConfig.from_dict(_cfg(norm="batch").to_dict()).norm == "batch"
+    assert UNetConfig.from_dict({k: v for k, v in _cfg().to_dict().items() if k != "norm"}).norm == "instance"
+    with pytest.raises(ValueError, match="norm must be one of"):
+        _cfg(norm="group")
+
+
+@pytest.mark.parametrize("norm, same", [("batch", True), ("instance", False)])
+def test_only_stored_statistics_make_a_voxel_independent_of_the_input_s_extent(norm, same):
+    """Why ``tiling: whole`` suits ``norm: batch``: away from the cut, a voxel's logits are the same
+    over a half of the input as over all of it; with instance norm they follow the input's extent."""
+    torch.manual_seed(0)
+    net = UNet3D(_cfg(norm=norm)).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+        x = torch.randn(1, 1, 8, 32, 96)
+        x[..., 48:] += 3.0  # the half left out differs, so instance statistics over all of it differ
+        full, half = net(x), net(x[..., :48])
+    near = (slice(None), slice(None), slice(None), slice(None), slice(0, 16))
+    assert torch.allclose(full[near], half[near], atol=1e-5) == same
+
+
 def test_tile_starts_cover_the_axis():
     assert tile_starts(10, 16, 0.5) == [0]
     starts = tile_starts(100, 32, 0.5)

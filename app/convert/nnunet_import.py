@@ -81,18 +81,23 @@ def check_configuration(plans: dict, name: str, where: str) -> dict:
     if arch.get("network_class_name") != SUPPORTED_NETWORK:
         raise ImportErrorNnunet(f"{w}.architecture.network_class_name: {arch.get('network_class_name')!r} is not supported (only {SUPPORTED_NETWORK})")
     kw = _need(arch, "arch_kwargs", f"{w}.architecture")
-    expect = {"conv_op": "torch.nn.modules.conv.Conv3d", "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-              "nonlin": "torch.nn.LeakyReLU", "dropout_op": None, "conv_bias": True}
+    expect = {"conv_op": "torch.nn.modules.conv.Conv3d", "nonlin": "torch.nn.LeakyReLU", "dropout_op": None, "conv_bias": True}
     for key, value in expect.items():
         if kw.get(key) != value:
             raise ImportErrorNnunet(f"{w}.architecture.arch_kwargs.{key}: {kw.get(key)!r} is not supported (expected {value!r})")
-    if (kw.get("norm_op_kwargs") or {}).get("affine") is not True:
-        raise ImportErrorNnunet(f"{w}.architecture.arch_kwargs.norm_op_kwargs: affine instance norm expected")
+    if kw.get("norm_op") not in NORM_OPS:
+        raise ImportErrorNnunet(f"{w}.architecture.arch_kwargs.norm_op: {kw.get('norm_op')!r} is not supported (expected one of {sorted(NORM_OPS)})")
+    norm_kw = kw.get("norm_op_kwargs") or {}
+    if norm_kw.get("affine", True) is not True or float(norm_kw.get("eps", 1e-5)) != 1e-5:
+        raise ImportErrorNnunet(f"{w}.architecture.arch_kwargs.norm_op_kwargs: {norm_kw} is not supported (affine, eps 1e-05)")
     slope = (kw.get("nonlin_kwargs") or {}).get("negative_slope", 0.01)
     if slope != 0.01:
         raise ImportErrorNnunet(f"{w}.architecture.arch_kwargs.nonlin_kwargs.negative_slope: {slope} is not supported (0.01)")
     return cfg
 
+
+# nnU-Net's norm_op names -> UNetConfig.norm (a batch-norm network runs with its stored statistics, as in nnU-Net's inference)
+NORM_OPS = {"torch.nn.modules.instancenorm.InstanceNorm3d": "instance", "torch.nn.modules.batchnorm.BatchNorm3d": "batch"}
 
 RESAMPLING_FN = "resample_data_or_seg_to_shape"
 
@@ -142,6 +147,7 @@ def unet_config(cfg: dict, num_classes: int) -> UNetConfig:
         "in_channels": 1,
         "n_conv_per_stage": per_stage(kw["n_conv_per_stage"]),
         "n_conv_per_stage_decoder": per_stage(kw["n_conv_per_stage_decoder"], n - 1),
+        "norm": NORM_OPS[kw["norm_op"]],
     })
 
 
@@ -157,11 +163,11 @@ def convert_state_dict(state: dict[str, torch.Tensor], n_decoder_stages: int) ->
         key = _plain_name(key)
         if ".all_modules." in key or key.startswith("decoder.encoder."):
             continue  # aliases of the same tensors
-        m = re.fullmatch(r"encoder\.stages\.(\d+)\.0\.convs\.(\d+)\.(conv|norm)\.(weight|bias)", key)
+        m = re.fullmatch(r"encoder\.stages\.(\d+)\.0\.convs\.(\d+)\.(conv|norm)\.(weight|bias|running_mean|running_var|num_batches_tracked)", key)
         if m:
             out[f"encoder.stages.{m[1]}.{m[2]}.{m[3]}.{m[4]}"] = value
             continue
-        m = re.fullmatch(r"decoder\.stages\.(\d+)\.convs\.(\d+)\.(conv|norm)\.(weight|bias)", key)
+        m = re.fullmatch(r"decoder\.stages\.(\d+)\.convs\.(\d+)\.(conv|norm)\.(weight|bias|running_mean|running_var|num_batches_tracked)", key)
         if m:
             out[f"decoder.stages.{m[1]}.{m[2]}.{m[3]}.{m[4]}"] = value
             continue
@@ -198,7 +204,8 @@ def _reference_logits(cfg: dict, num_classes: int, state: dict, x: torch.Tensor)
     except ImportError:
         raise ImportErrorNnunet("importing needs dynamic-network-architectures (pip install --no-deps dynamic-network-architectures==0.4.4)") from None
     kw = dict(cfg["architecture"]["arch_kwargs"])
-    kw.update(conv_op=torch.nn.Conv3d, norm_op=torch.nn.InstanceNorm3d, dropout_op=None, nonlin=torch.nn.LeakyReLU)
+    norm_op = torch.nn.BatchNorm3d if NORM_OPS[kw["norm_op"]] == "batch" else torch.nn.InstanceNorm3d
+    kw.update(conv_op=torch.nn.Conv3d, norm_op=norm_op, dropout_op=None, nonlin=torch.nn.LeakyReLU)
     net = PlainConvUNet(input_channels=1, num_classes=num_classes, deep_supervision=False, **kw)
     try:
         net.load_state_dict({_plain_name(k): v for k, v in state.items()})
