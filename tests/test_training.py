@@ -12,6 +12,7 @@ from app.backend import Placement
 from app.model import load_model
 
 from app.weights import read_spec
+from app.unet import UNet3D, UNetConfig
 from training.train import train_role
 
 CPU = Placement("torch", "cpu", "fp32")
@@ -113,6 +114,48 @@ def test_init_starts_from_a_trained_folder_and_records_it(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     digest = hashlib.sha256((tmp_path / "a" / "coarse" / "model.safetensors").read_bytes()).hexdigest()
     assert log["initialised_from"]["sha256"] == digest
+
+
+def test_stored_statistics_are_instance_norm_s_on_their_patch_and_fixed_elsewhere():
+    """One calibration patch: every layer then normalises it exactly as instance norm did; on
+    another input the statistics stay those stored (the output no longer follows the input's own)."""
+    from training.norm_statistics import with_stored_statistics
+
+    torch.manual_seed(0)
+    net = UNet3D(UNetConfig(features=[4, 8, 16], strides=[(1, 1, 1), (2, 2, 2), (2, 2, 2)], kernel_sizes=[(3, 3, 3)] * 3, num_classes=3)).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = 3 * torch.randn(1, 1, 16, 24, 24) + 1
+    stored = with_stored_statistics(net, [x]).eval()
+    assert stored.config.norm == "batch" and net.config.norm == "instance"
+    with torch.no_grad():
+        assert torch.allclose(stored(x), net(x), atol=1e-4)
+        y = torch.randn(1, 1, 16, 24, 24)
+        assert not torch.allclose(stored(y), net(y), atol=1e-2)
+        stored.train()  # training normalises with the stored statistics too
+        assert torch.allclose(stored(x), net(x), atol=1e-4)
+
+
+def test_init_from_instance_norm_weights_into_a_stored_statistics_recipe(tmp_path):
+    """``--init`` with an instance-norm folder and ``norm: batch`` in the recipe: the statistics come
+    from patches before fine-tuning, are recorded, and the written folder loads in the engine."""
+    from app.backend import build_network
+
+    recipe = json.loads(RECIPE.read_text())
+    cfg = recipe["coarse"]
+    cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
+    cfg["train"].update(steps=1, pool=1, batch=1, checkpoint_every=100, refresh_every=1, patch_size=[8, 16, 16])
+    train_role("coarse", cfg, recipe, tmp_path / "a", torch.device("cpu"))
+    cfg["architecture"]["norm"] = "batch"
+    cfg["train"].update(lr=0.0, norm_statistics={"volumes": 1, "patches": 2})
+    log = train_role("coarse", cfg, recipe, tmp_path / "b", torch.device("cpu"), init=tmp_path / "a")
+    assert log["initialised_from"]["norm_statistics"] == {"volumes": 1, "patches": 2}
+    spec = read_spec(tmp_path / "b" / "coarse", "coarse")
+    assert spec.architecture["norm"] == "batch"
+    net = build_network(spec)
+    means = [m.running_mean for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert means and all(torch.isfinite(m).all() and m.abs().sum() > 0 for m in means)
 
 
 def test_slabs_and_padding_match_what_the_engine_sees():

@@ -228,6 +228,22 @@ def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, config: dict, s
     }
 
 
+def stored_statistics_start(state: dict, role: str, cfg: dict, recipe: dict, seed: int, amount: dict, device: torch.device) -> UNet3D:
+    """The instance-norm network ``state`` with norm statistics from ``amount["patches"]`` inference-size
+    patches of ``amount["volumes"]`` phantoms drawn from ``seed`` (see training/norm_statistics.py)."""
+    from training.norm_statistics import with_stored_statistics
+
+    ucfg = UNetConfig.from_dict({**cfg["architecture"], "num_classes": len(label_names(cfg)), "norm": "instance"})
+    net = UNet3D(ucfg).to(device)
+    net.load_state_dict(state)
+    rng = np.random.default_rng(seed)
+    sampler = PatchSampler(tuple(cfg["input"]["patch_size"]), cfg["train"]["foreground_fraction"], rng, cfg["train"].get("pad_value"))  # type: ignore[arg-type]
+    for k in range(int(amount["volumes"])):
+        sampler.add(*training_volume([seed, k], role, cfg, recipe["intensity"]))
+    patches = (sampler.sample()[0][None, None].to(device) for _ in range(int(amount["patches"])))
+    return with_stored_statistics(net, patches)
+
+
 def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.device, resume: bool = False, init: Path | None = None) -> dict:
     """Every cycle of one role; with ``resume``, cycles whose checkpoint exists in ``out`` are loaded.
 
@@ -247,8 +263,13 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
     start = None
     if init is not None:
         tensors = init / role / "model.safetensors"
-        net.load_state_dict(load_file(str(tensors), device=str(device)))
         start = {"folder": str(init / role), "sha256": hashlib.sha256(tensors.read_bytes()).hexdigest()}
+        init_arch = json.loads((init / role / "config.json").read_text())["architecture"]
+        if init_arch.get("norm", "instance") == ucfg.norm:
+            net.load_state_dict(load_file(str(tensors), device=str(device)))
+        else:  # an instance-norm network gets stored statistics from patches, then fine-tuning adapts it
+            start["norm_statistics"] = tr.get("norm_statistics", {"volumes": 8, "patches": 32})
+            net = stored_statistics_start(load_file(str(tensors), device=str(device)), role, cfg, recipe, base - 1, start["norm_statistics"], device)
         print(f"[{role}] starting from {tensors}", flush=True)
     config = {"role": role, "input": cfg["input"], "intensity": recipe["intensity"], "labels": label_names(cfg)}
     cycles = []
