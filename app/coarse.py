@@ -14,8 +14,7 @@ from .resample import channel_argmax
 def coarse_labels(model: Model, image: torch.Tensor, spacing: tuple[float, float, float]) -> np.ndarray:
     """FLARE labels of the whole scan on the coarse grid (uint8, CPU)."""
     x, _ = model.on_grid(image, spacing)
-    patch = model.spec.size or model.spec.patch_size
-    labels = channel_argmax(model.logits(x, patch=patch))
+    labels = channel_argmax(model.logits(x, patch=model.spec.size))  # a fixed-size model: its one tile
     return model.lut[labels.long()].cpu().numpy()
 
 
