@@ -6,7 +6,7 @@ Prints per scan the medians of the repeats (process wall time, the stages from `
 peak RSS) and the speed-up, then each engine's mean organ DSC against the phantoms' labels and
 the agreement of the two engines' masks on the real scans in ../shared/data/ct.
 
-Usage: python -m benchmarks.cpu_speed [--baseline b50d041] [--repeats 3] [--out bench/cpu_speed]
+Usage: python -m benchmarks.cpu_speed [--baseline b50d041] [--repeats 3] [--out bench/cpu_speed] [--weights DIR]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ SCORED = {"abdomen_a": ([777, 1], "abdomen", None, (0.8, 1.0)), "abdomen_b": ([7
           "chest_abdomen_pelvis": ([777, 3], "chest-abdomen-pelvis", None, (0.8, 3.0)), "whole_body": ([777, 4], "whole-body", 350, (0.8, 5.0))}
 
 
-def predict(code: Path, image: Path, out: Path) -> dict:
+def predict(code: Path, image: Path, out: Path, extra: tuple[str, ...] = ()) -> dict:
     """One process over a folder holding one scan; wall time, peak RSS (MiB) and its --timings line."""
     folder = out / "in"
     folder.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,7 @@ def predict(code: Path, image: Path, out: Path) -> dict:
         link.symlink_to(image)
     timings = out / "timings.jsonl"
     timings.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "app", "predict", "-i", str(folder), "-o", str(out / "masks"), "--timings", str(timings)]
+    cmd = [sys.executable, "-m", "app", "predict", "-i", str(folder), "-o", str(out / "masks"), "--timings", str(timings), *extra]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=code, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--baseline", default="b50d041", help="the commit to compare against")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None, help="keep phantoms and masks here (default: a temp folder)")
+    ap.add_argument("--weights", type=Path, default=None, help="the current engine's weights folder (default: its shipped ones)")
     args = ap.parse_args()
 
     import SimpleITK as sitk
@@ -74,6 +75,7 @@ def main() -> None:
     if not baseline.exists():
         subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline], cwd=REPO, check=True, capture_output=True)
     engines = {args.baseline: baseline, "current": REPO}
+    extra = {args.baseline: (), "current": ("--weights", str(args.weights.resolve())) if args.weights else ()}
     scans = root / "scans"
     for name, (seed, fov, slices, spacing) in {**TIMED, **SCORED}.items():
         image = scans / f"{name}_0000.nii.gz"
@@ -86,13 +88,13 @@ def main() -> None:
         for r in range(args.repeats):
             for name in TIMED:
                 for engine, code in engines.items():
-                    rows[name, engine].append(predict(code, scans / f"{name}_0000.nii.gz", root / "runs" / engine / name))
+                    rows[name, engine].append(predict(code, scans / f"{name}_0000.nii.gz", root / "runs" / engine / name, extra[engine]))
                     print(f"[{r + 1}/{args.repeats}] {name} {engine}: {rows[name, engine][-1]['wall']:.1f} s", file=sys.stderr)
         masks: dict[tuple[str, str], np.ndarray] = {}
         for name in [*SCORED, *(p.name.replace("_0000.nii.gz", "") for p in sorted(SHARED.glob("*_0000.nii.gz")))]:
             image = scans / f"{name}_0000.nii.gz" if name in SCORED else SHARED / f"{name}_0000.nii.gz"
             for engine, code in engines.items():
-                predict(code, image, root / "runs" / engine / name)
+                predict(code, image, root / "runs" / engine / name, extra[engine])
                 masks[name, engine] = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "runs" / engine / name / "masks" / f"{name}.nii.gz")))
     finally:
         if args.out is None:
