@@ -79,7 +79,8 @@ class Model:
         acc_dtype = torch.float16 if (accumulate_on or self.device).type == "cuda" and self.dtype == torch.float16 else torch.float32
         if patch is None and self.spec.tiling == "whole" and image.numel() <= self.spec.whole_max_voxels:
             divisor = UNetConfig.from_dict(self.spec.architecture).divisor
-            return whole_logits(self.backend, image, divisor, accumulate_dtype=acc_dtype).to(accumulate_on or self.device)
+            # an input smaller than a patch is padded to one, as the tiles (and the training patches) pad it
+            return whole_logits(self.backend, image, divisor, self.spec.patch_size, acc_dtype).to(accumulate_on or self.device)
         return sliding_window_logits(
             self.backend,
             image,

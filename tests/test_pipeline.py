@@ -266,6 +266,16 @@ def test_whole_crop_tiling_keeps_the_geometry(weights, tmp_path):
     assert len(np.unique(sitk.GetArrayFromImage(mask))) > 1
 
 
+def test_one_pass_pads_an_input_thinner_than_a_patch_as_the_tiles_do(tmp_path):
+    """A slab thinner than the patch: one pass pads it to a patch, as the sliding window (and the
+    training patches) pad it, so a stored-statistics model gives the tiled logits exactly there
+    (padding only to the network's stride computes something the model never saw)."""
+    spec = read_spec(make_weights(tmp_path / "w", fine_norm="batch") / "fine", "fine")
+    image = torch.randn(6, 40, 52, generator=torch.Generator().manual_seed(0))  # patch (16, 64, 64)
+    out = {t: load_model(replace(spec, tiling=t), Placement("torch", "cpu", "fp32")).logits(image) for t in ("whole", "sliding")}
+    assert torch.allclose(out["whole"], out["sliding"], atol=1e-5)
+
+
 def test_shards_cover_every_case_exactly_once(weights, tmp_path):
     scan = np.full((8, 32, 32), -1000, np.int16)
     scan[2:6, 8:24, 8:24] = 40
