@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 Triple = tuple[int, int, int]
 
 # "batch" normalises with per-channel statistics stored in the weights, the same for every input:
-# the network is then shift-equivariant, so one pass over a whole crop computes what any tiling
-# would, while instance norm's statistics depend on the extent of the input (benchmarks/README.md).
+# a voxel's output then does not depend on how far the input extends, so one pass over a whole crop
+# computes what tiles would away from their faces, while instance norm's statistics follow the
+# input's extent (benchmarks/README.md, "Fine-stage tiling").
 NORMS = ("instance", "batch")
 
 
