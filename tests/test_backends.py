@@ -31,7 +31,7 @@ from app.labels import ORGANS
 from app.pipeline import Options, predict_folder
 from app.weights import read_spec, write_config
 from synthetic.phantoms import generate, write
-from tests.helpers import REAL_CASES, make_weights, tiny_unet, write_image
+from tests.helpers import REAL_CASES, make_weights, organ_dice, tiny_unet, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "weights"
@@ -110,16 +110,6 @@ def test_an_ensemble_exports_as_one_graph_that_averages_its_folds(tmp_path):
 # --- parity through the pipeline, shipped weights ---------------------------------------------
 
 
-def _organ_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean DSC over the organs either mask has (an organ in only one of them scores 0)."""
-    scores = []
-    for organ in ORGANS:
-        x, y = a == organ, b == organ
-        if x.any() or y.any():
-            scores.append(2 * float((x & y).sum()) / float(x.sum() + y.sum()))
-    return float(np.mean(scores)) if scores else 1.0
-
-
 @pytest.fixture(scope="module")
 def parity_cases(tmp_path_factory):
     """The three real scans and a phantom the training never saw."""
@@ -170,7 +160,7 @@ def test_reduced_precision_keeps_the_network_s_masks(parity_cases, torch_masks, 
         pytest.skip("this CPU has no BF16 instructions")
     masks = _masks(parity_cases, tmp_path, engine, precision)["raw"]
     for name, mask in masks.items():
-        assert _organ_dice(mask, torch_masks["raw"][name]) >= bar, name
+        assert organ_dice(mask, torch_masks["raw"][name]) >= bar, name
         assert (mask == torch_masks["raw"][name]).mean() >= voxels, name
 
 

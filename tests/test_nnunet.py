@@ -101,9 +101,8 @@ def nnunet_folder_from_weights(weights: Path, root: Path, spacing=None, patch=No
     plans["foreground_intensity_properties_per_channel"]["0"].update(percentile_00_5=lo, percentile_99_5=hi, mean=cfg["intensity"]["mean"], std=cfg["intensity"]["std"])
     dataset = {"channel_names": {"0": "CT"}, "labels": {n: int(c) for c, n in cfg["labels"].items()}, "numTraining": 1, "file_ending": ".nii.gz"}
     batch_norm = a.get("norm", "instance") == "batch"  # nnU-Net's BatchNorm3d runs on its stored statistics in eval mode, as ours does
-    if batch_norm:
+    if batch_norm:  # arch is the plans' arch_kwargs
         arch["norm_op"] = "torch.nn.modules.batchnorm.BatchNorm3d"
-        plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"] = arch
     kw = dict(arch, conv_op=torch.nn.Conv3d, norm_op=torch.nn.BatchNorm3d if batch_norm else torch.nn.InstanceNorm3d, dropout_op=None,
               nonlin=torch.nn.LeakyReLU)
     net = PlainConvUNet(input_channels=1, num_classes=len(cfg["labels"]), deep_supervision=False, **kw)

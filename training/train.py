@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -228,14 +229,11 @@ def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, config: dict, s
     }
 
 
-def stored_statistics_start(state: dict, role: str, cfg: dict, recipe: dict, seed: int, amount: dict, device: torch.device) -> UNet3D:
-    """The instance-norm network ``state`` with norm statistics from ``amount["patches"]`` inference-size
+def stored_statistics_start(net: UNet3D, role: str, cfg: dict, recipe: dict, seed: int, amount: dict, device: torch.device) -> UNet3D:
+    """The instance-norm ``net`` with norm statistics from ``amount["patches"]`` inference-size
     patches of ``amount["volumes"]`` phantoms drawn from ``seed`` (see training/norm_statistics.py)."""
     from training.norm_statistics import with_stored_statistics
 
-    ucfg = UNetConfig.from_dict({**cfg["architecture"], "num_classes": len(label_names(cfg)), "norm": "instance"})
-    net = UNet3D(ucfg).to(device)
-    net.load_state_dict(state)
     rng = np.random.default_rng(seed)
     sampler = PatchSampler(tuple(cfg["input"]["patch_size"]), cfg["train"]["foreground_fraction"], rng, cfg["train"].get("pad_value"))  # type: ignore[arg-type]
     for k in range(int(amount["volumes"])):
@@ -264,12 +262,14 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
     if init is not None:
         tensors = init / role / "model.safetensors"
         start = {"folder": str(init / role), "sha256": hashlib.sha256(tensors.read_bytes()).hexdigest()}
-        init_arch = json.loads((init / role / "config.json").read_text())["architecture"]
-        if init_arch.get("norm", "instance") == ucfg.norm:
+        init_norm = UNetConfig.from_dict(json.loads((init / role / "config.json").read_text())["architecture"]).norm
+        if init_norm == ucfg.norm:
             net.load_state_dict(load_file(str(tensors), device=str(device)))
         else:  # an instance-norm network gets stored statistics from patches, then fine-tuning adapts it
             start["norm_statistics"] = tr.get("norm_statistics", {"volumes": 8, "patches": 32})
-            net = stored_statistics_start(load_file(str(tensors), device=str(device)), role, cfg, recipe, base - 1, start["norm_statistics"], device)
+            instance = UNet3D(replace(ucfg, norm=init_norm)).to(device)
+            instance.load_state_dict(load_file(str(tensors), device=str(device)))
+            net = stored_statistics_start(instance, role, cfg, recipe, base - 1, start["norm_statistics"], device)
         print(f"[{role}] starting from {tensors}", flush=True)
     config = {"role": role, "input": cfg["input"], "intensity": recipe["intensity"], "labels": label_names(cfg)}
     cycles = []
