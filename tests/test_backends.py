@@ -91,6 +91,18 @@ def test_export_has_dynamic_axes_and_matches_torch(exported, shape):
     assert half.dtype == torch.float32 and (half.argmax(1) == ref.argmax(1)).float().mean() > 0.99
 
 
+
+def test_logits_outlive_the_next_call(exported):
+    """The sliding window keeps one tile's logits while the mirrored tile runs: an engine that handed
+    back a view of its reusable output buffer would overwrite them without a word."""
+    spec = read_spec(exported / "fine", "fine")
+    a, b = (torch.randn(1, 1, 16, 64, 64, generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    for backend in (OnnxRuntimeBackend(spec, Placement("onnxruntime", "cpu", "fp32")), OpenVinoBackend(spec, Placement("openvino", "cpu", "fp32"))):
+        first = backend(a)
+        kept = first.clone()
+        backend(b)
+        assert torch.equal(first, kept), type(backend).__name__
+
 def test_an_ensemble_exports_as_one_graph_that_averages_its_folds(tmp_path):
     folder = tmp_path / "ens"
     for i in range(2):
