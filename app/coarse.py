@@ -28,8 +28,6 @@ def organ_cluster(mask: np.ndarray, spacing: tuple[float, ...], min_voxels: int,
     tissue inside bone); a box around everything would then run to the head and hand the fine
     model anatomy it never saw. Organs of the abdomen touch or nearly touch, so they chain together.
     """
-    from scipy import ndimage
-
     blobs, n = cc3d.connected_components(np.ascontiguousarray(mask), connectivity=26, return_N=True)
     sizes = np.bincount(blobs.ravel(), minlength=n + 1)
     rest = [i for i in range(1, n + 1) if sizes[i] >= min_voxels]
@@ -38,13 +36,33 @@ def organ_cluster(mask: np.ndarray, spacing: tuple[float, ...], min_voxels: int,
     largest = max(rest, key=lambda i: sizes[i])
     kept, rest = blobs == largest, [i for i in rest if i != largest]
     while rest:
-        distance = ndimage.distance_transform_edt(~kept, sampling=spacing)
-        near = [i for i, d in zip(rest, ndimage.minimum(distance, blobs, rest)) if d <= max_gap_mm]
+        near = [i for i, d in zip(rest, gaps_mm(kept, blobs, rest, spacing, max_gap_mm)) if d <= max_gap_mm]
         if not near:
             break
         kept |= np.isin(blobs, near)
         rest = [i for i in rest if i not in near]
     return kept
+
+
+def gaps_mm(kept: np.ndarray, blobs: np.ndarray, ids: list[int], spacing: tuple[float, ...], reach_mm: float) -> list[float]:
+    """Distance in mm from ``kept`` to the nearest voxel of each blob in ``ids``: exact up to
+    ``reach_mm``, and some value above it (inf for a blob wholly out of reach) beyond.
+
+    The distance transform runs only over the box of ``kept`` grown by ``reach_mm``, which holds
+    every kept voxel and every voxel within reach of one: on a whole-body scan, part of the grid.
+    """
+    from scipy import ndimage  # 0.25 s to import: only on scans whose coarse mask has several blobs
+
+    box = bounding_box(kept)
+    assert box is not None
+    grow = [int(np.ceil(reach_mm / s)) + 1 if np.isfinite(reach_mm) else n for s, n in zip(spacing, kept.shape)]
+    window = tuple(slice(max(0, a - g), min(n, b + g)) for a, b, g, n in zip(box.start, box.stop, grow, kept.shape))
+    distance = ndimage.distance_transform_edt(~kept[window], sampling=spacing)
+    local = blobs[window]
+    present = np.isin(ids, local)
+    closest = ndimage.minimum(distance, local, [i for i, p in zip(ids, present) if p])
+    found = iter(np.atleast_1d(closest))
+    return [float(next(found)) if p else float("inf") for p in present]
 
 
 def roi_box(coarse: np.ndarray, full_shape: tuple[int, ...], spacing: tuple[float, ...], margin_mm: float, max_gap_mm: float) -> Box | None:
