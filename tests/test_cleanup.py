@@ -36,3 +36,18 @@ def test_touching_organs_stay_separate():
     m[:, :3] = 1
     m[:, 3:] = 2
     assert np.array_equal(keep_largest_components(m), m)
+
+
+def test_same_as_labelling_each_organ_over_the_whole_mask():
+    """Random organs of many pieces, ties included: each organ's box must hold all of it."""
+    rng = np.random.default_rng(11)
+    for trial in range(10):
+        m = rng.integers(0, 6, size=(18, 20, 22), dtype=np.uint8) * (rng.random((18, 20, 22)) < 0.3)
+        want = m.copy()
+        for label in range(1, 5):  # 5 is left alone
+            components, n = cc3d.connected_components(m == label, connectivity=26, return_N=True)
+            if n > 1:
+                sizes = np.bincount(components.ravel(), minlength=n + 1)
+                sizes[0] = 0
+                want[(m == label) & (components != sizes.argmax())] = 0
+        assert np.array_equal(keep_largest_components(m, labels=range(1, 5)), want), trial
