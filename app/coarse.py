@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import cc3d
 import numpy as np
-import torch
 
 from .geometry import Box, bounding_box, expand_box_mm, map_box
 from .model import Model
 from .resample import channel_argmax
 
 
-def coarse_labels(model: Model, image: torch.Tensor, spacing: tuple[float, float, float]) -> np.ndarray:
-    """FLARE labels of the whole scan on the coarse grid (uint8, CPU)."""
+def coarse_labels(model: Model, image: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """FLARE labels of the whole scan (raw HU, any strides) on the coarse grid (uint8, CPU)."""
     x, _ = model.on_grid(image, spacing)
     labels = channel_argmax(model.logits(x, patch=model.spec.size))  # a fixed-size model: its one tile
     return model.lut[labels.long()].cpu().numpy()

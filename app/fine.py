@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from .architecture import UNetConfig
@@ -22,13 +23,13 @@ UPSAMPLE_MODES = ("logits", "labels")
 
 def segment_crop(
     model: Model,
-    crop: torch.Tensor,
+    crop: np.ndarray,
     spacing: tuple[float, float, float],
     upsample: str = "logits",
     patch: tuple[int, int, int] | None = None,
     accumulate_on: torch.device | None = None,
 ) -> torch.Tensor:
-    """FLARE labels (uint8) of a raw-HU ``[Z, Y, X]`` crop, on the crop's grid and device."""
+    """FLARE labels (uint8) of a raw-HU ``[Z, Y, X]`` crop, on the crop's grid and the model's device."""
     shape = tuple(crop.shape)
     x, grid_spacing = model.on_grid(crop, spacing)
     logits = model.logits(x, patch=patch, accumulate_on=accumulate_on)
@@ -54,7 +55,7 @@ def smaller_patch(model: Model) -> tuple[int, int, int]:
     return tuple(max(d, (p // 2) // d * d) for p, d in zip(model.spec.patch_size, div))  # type: ignore[return-value]
 
 
-def segment_crop_with_fallback(model: Model, crop: torch.Tensor, spacing: tuple[float, float, float], upsample: str, case: str) -> torch.Tensor:
+def segment_crop_with_fallback(model: Model, crop: np.ndarray, spacing: tuple[float, float, float], upsample: str, case: str) -> torch.Tensor:
     """``segment_crop`` that survives the device running out of memory: smaller tiles with sums on
     the CPU, then the backend's own fallback (the CPU); each retry is logged."""
     backend = model.backend
@@ -74,4 +75,4 @@ def segment_crop_with_fallback(model: Model, crop: torch.Tensor, spacing: tuple[
             raise
         backend.release()
     log.warning("%s: still out of memory; running the fine stage on %s", case, fallback.placement)
-    return segment_crop(model.on(fallback), crop.to(fallback.placement.torch_device), spacing, upsample).to(model.device)
+    return segment_crop(model.on(fallback), crop, spacing, upsample).to(model.device)

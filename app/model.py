@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .architecture import UNetConfig
 from .backend import Backend, Placement, make_backend
 from .geometry import resampled_shape
-from .resample import labels_from_logits, to_model_grid
+from .resample import labels_from_logits, resize_sampled, to_model_grid
 from .sliding_window import sliding_window_logits, whole_logits
 from .weights import ModelSpec
 
@@ -57,15 +58,16 @@ class Model:
         """The model's intensity window, in its tensor dtype on its device (a new tensor)."""
         return normalized(image, self.spec.clip, self.spec.mean, self.spec.std, self.device, self.dtype)
 
-    def on_grid(self, image: torch.Tensor, spacing: tuple[float, float, float]) -> tuple[torch.Tensor, tuple[float, float, float]]:
-        """A raw-HU ``[Z, Y, X]`` volume normalised, then resampled onto the model's grid by the
-        model's rule (nnU-Net's order also: normalise first); with the grid's spacing."""
+    def on_grid(self, image: np.ndarray, spacing: tuple[float, float, float]) -> tuple[torch.Tensor, tuple[float, float, float]]:
+        """A raw-HU ``[Z, Y, X]`` volume (a numpy array of any strides: the scan's flipped view, a
+        crop) normalised, then resampled onto the model's grid by the model's rule (nnU-Net's order
+        also: normalise first), on the model's device; with the grid's spacing."""
         grid = self.grid(tuple(image.shape), spacing)
         grid_spacing = tuple(s * n / g for s, n, g in zip(spacing, image.shape, grid)) if self.spec.spacing is None else self.spec.spacing
         how = self.spec.resampling
         if how.scheme == "trilinear":
-            return to_model_grid(self.normalize(image), grid, spacing, grid_spacing, how), grid_spacing  # type: ignore[return-value]
-        x = normalized(image, self.spec.clip, self.spec.mean, self.spec.std, self.device)  # float32 for the splines
+            return resize_sampled(image, grid, self.normalize), grid_spacing  # type: ignore[return-value]
+        x = normalized(torch.from_numpy(np.ascontiguousarray(image)), self.spec.clip, self.spec.mean, self.spec.std, self.device)  # float32 for the splines
         return to_model_grid(x, grid, spacing, grid_spacing, how).to(self.dtype), grid_spacing  # type: ignore[return-value]
 
     def labels_back(self, logits: torch.Tensor, shape: tuple[int, int, int], grid_spacing: tuple[float, ...], spacing: tuple[float, ...]) -> torch.Tensor:

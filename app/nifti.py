@@ -46,10 +46,16 @@ class Scan:
     geometry: Geometry
     warnings: list[str] = field(default_factory=list)
 
-    def layout(self, target: str = "LPS") -> tuple[np.ndarray, tuple[float, float, float], Orientation]:
-        """(array, spacing in mm, orientation) in a model's layout; permutations and flips only."""
+    def layout(self, target: str = "LPS", copy: bool = True) -> tuple[np.ndarray, tuple[float, float, float], Orientation]:
+        """(array, spacing in mm, orientation) in a model's layout; permutations and flips only.
+
+        ``copy=False`` gives a view of the stored voxels (negative strides where flipped): the
+        engine reads from it only what each stage needs instead of copying the scan.
+        """
         orientation = orientation_from_direction(np.array(self.geometry.direction), target)
-        array = np.ascontiguousarray(orientation.to_canonical(self.stored))
+        array = orientation.to_canonical(self.stored)
+        if copy:
+            array = np.ascontiguousarray(array)
         spacing = orientation.spacing_to_canonical(tuple(reversed(self.geometry.spacing)))  # type: ignore[arg-type]
         return array, spacing, orientation
 

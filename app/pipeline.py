@@ -202,8 +202,6 @@ class Engine:
     """Models loaded once, applied case by case."""
 
     def __init__(self, coarse_spec: ModelSpec | None, fine_spec: ModelSpec, options: Options, stages: Stages | None = None) -> None:
-        import torch
-
         from .backend import choose, pick_device
         from .model import load_model
 
@@ -218,7 +216,6 @@ class Engine:
             self.fine = load_model(fine_spec, placement, auto)
         except WeightsError as e:  # BackendError is one too
             raise SetupError(str(e)) from None
-        self.torch = torch
         self.device = self.fine.device
         self.startup_s: float | None = seconds_since_process_start()  # reported with the first case
         log.info("models ready: %s, %.2f s after the process started", self.fine.placement, self.startup_s)
@@ -254,27 +251,26 @@ class Engine:
     def _segment(self, scan: Scan, out_dir: Path, on_stage: Callable[[str], None] = _no_report) -> CaseResult:
         from .cleanup import keep_largest_components
 
-        torch, opts, name = self.torch, self.options, scan.path.name
+        opts, name = self.options, scan.path.name
         watch = Stopwatch(sync=self.fine.backend.sync, on_stage=on_stage)
         with watch.stage("coarse"):
-            array, spacing, layout = scan.layout(self.fine.spec.orientation)
-            image = torch.from_numpy(array).to(self.device)
+            view, spacing, layout = scan.layout(self.fine.spec.orientation, copy=False)  # each stage copies what it reads
             box: Box | None = None
             if self.coarse is not None:
-                box = self._coarse_box(scan, image, spacing, layout)
+                box = self._coarse_box(scan, view, spacing, layout)
                 if box is None:
                     log.warning("%s: the coarse model found no organ; segmenting the whole scan", name)
-        shape = tuple(array.shape)
+        shape = tuple(view.shape)
         with watch.stage("roi"):
             box = box or Box.full(shape)
-            nonzero = bounding_box(array != 0) if self.fine.spec.crop_nonzero else None
+            nonzero = bounding_box(view != 0) if self.fine.spec.crop_nonzero else None
             if nonzero is not None:  # nnU-Net predicts only inside the box of non-zero voxels
                 overlap = intersect(box, nonzero)
                 box = overlap if not overlap.is_empty else nonzero
-            crop = image[box.slices]
+            crop = np.ascontiguousarray(view[box.slices])
         with watch.stage("fine"):
             labels = self.stages.segment_crop(self.fine, crop, spacing, opts.upsample, name)
-            del crop, image
+            del crop
             labels_np = labels.cpu().numpy()
         with watch.stage("cleanup"):
             if opts.keep_largest is None or opts.keep_largest:
@@ -293,20 +289,19 @@ class Engine:
         info = {"device": str(self.device), "backend": str(self.fine.placement), "roi_box": [list(box.start), list(box.stop)], "roi_fraction": round(float(np.prod(box.shape)) / float(np.prod(shape)), 4), "labels": found}
         return CaseResult(name, ok=True, timings=watch.times, info=info)
 
-    def _coarse_box(self, scan: Scan, image, spacing: tuple[float, float, float], layout: Orientation) -> Box | None:
+    def _coarse_box(self, scan: Scan, view: np.ndarray, spacing: tuple[float, float, float], layout: Orientation) -> Box | None:
         """ROI in the fine model's layout; the coarse model sees the scan in its own layout."""
         from .coarse import roi_box
 
         coarse_labels = self.stages.coarse_labels
         assert self.coarse is not None
         if self.coarse.spec.orientation == self.fine.spec.orientation:
-            return roi_box(coarse_labels(self.coarse, image, spacing), tuple(image.shape), spacing, self.options.margin_mm, self.options.roi_gap_mm)
-        c_array, c_spacing, c_layout = scan.layout(self.coarse.spec.orientation)
-        c_image = self.torch.from_numpy(c_array).to(self.device)
-        c_box = roi_box(coarse_labels(self.coarse, c_image, c_spacing), c_array.shape, c_spacing, self.options.margin_mm, self.options.roi_gap_mm)
+            return roi_box(coarse_labels(self.coarse, view, spacing), tuple(view.shape), spacing, self.options.margin_mm, self.options.roi_gap_mm)
+        c_view, c_spacing, c_layout = scan.layout(self.coarse.spec.orientation, copy=False)
+        c_box = roi_box(coarse_labels(self.coarse, c_view, c_spacing), c_view.shape, c_spacing, self.options.margin_mm, self.options.roi_gap_mm)
         if c_box is None:
             return None
-        return layout.box_to_canonical(c_layout.box_from_canonical(c_box, c_array.shape), scan.stored.shape)
+        return layout.box_to_canonical(c_layout.box_from_canonical(c_box, c_view.shape), scan.stored.shape)
 
 
 def _write_preview(scan: Scan, mask: np.ndarray, path: Path) -> None:

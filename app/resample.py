@@ -27,6 +27,45 @@ def resize_image(image: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tens
     return out[0, 0] if image.ndim == 3 else out[0]
 
 
+def torch_linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output sample of torch's trilinear ``align_corners=False`` resize: the two source indices
+    and the float32 weight of the second, from the float32 scale torch uses (so the weights are
+    torch's to the last bits, 1e-6 after a 3-D resize; the exact grid coordinates are 3e-4 away)."""
+    scale = float(np.float32(n_in) / np.float32(n_out))
+    src = np.maximum(scale * (np.arange(n_out) + 0.5) - 0.5, 0.0).astype(np.float32)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    return i0, np.minimum(i0 + 1, n_in - 1), np.clip(src - i0, 0, 1).astype(np.float32)
+
+
+SAMPLED_SHARE = 1 / 8  # below this share of the voxels read, resize_sampled gathers them instead of copying the volume
+
+
+def resize_sampled(volume: np.ndarray, shape: tuple[int, int, int], prepare: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Trilinear resize (torch's ``align_corners=False`` rule) of a ``[Z, Y, X]`` numpy volume of any
+    strides, such as a flipped view of a scan, with ``prepare`` (an elementwise intensity window, the
+    move to the device) applied to the voxels before interpolating.
+
+    A trilinear sample reads 2 voxels per axis: a 6 mm grid over a 0.8 mm scan reads about 1 voxel
+    in 50. Where that share is small, only those voxels are copied and prepared and the resize runs
+    axis by axis on them (within 2e-6 of torch's); elsewhere the volume is copied whole and torch
+    resizes it. Either way the full-resolution volume is never copied in float32.
+    """
+    taps = [torch_linear_taps(n, m) for n, m in zip(volume.shape, shape)]
+    needed = [np.unique(np.concatenate([i0, i1])) for i0, i1, _ in taps]
+    if math.prod(len(n) for n in needed) > SAMPLED_SHARE * volume.size:
+        return resize_image(prepare(torch.from_numpy(np.ascontiguousarray(volume))), shape)
+    x = prepare(torch.from_numpy(volume[np.ix_(*needed)]))
+    for axis in (2, 1, 0):  # x first, as torch nests its sums
+        i0, i1, w = taps[axis]
+        if volume.shape[axis] == shape[axis]:
+            continue
+        at = [-1 if a == axis else 1 for a in range(3)]
+        w1 = torch.from_numpy(w).to(device=x.device, dtype=x.dtype).reshape(at)
+        first, second = (torch.from_numpy(np.searchsorted(needed[axis], i)).to(x.device) for i in (i0, i1))
+        x = x.index_select(axis, first) * (1 - w1) + x.index_select(axis, second) * w1
+    return x
+
+
 def nearest_indices(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
     """Source index of each output voxel for nearest resampling of voxel centres."""
     idx = ((torch.arange(n_out, device=device, dtype=torch.float64) + 0.5) * (n_in / n_out)).floor()

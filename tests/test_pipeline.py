@@ -231,7 +231,7 @@ class _FakeGpu(Backend):
 
 def test_out_of_memory_retries_smaller_tiles_then_the_fallback(weights, caplog):
     spec = read_spec(weights / "fine", "fine")
-    crop = torch.full((8, 64, 64), -1000.0)
+    crop = np.full((8, 64, 64), -1000, np.int16)
     crop[2:6, 16:48, 16:48] = 40
     reference = app.fine.segment_crop(load_model(spec, Placement("torch", "cpu", "fp32")), crop, (4.0, 3.0, 3.0))
     gpu = _FakeGpu(spec, failures=1)
@@ -254,7 +254,7 @@ def test_an_error_that_is_not_out_of_memory_is_not_retried(weights):
             raise ValueError("a bug, not a full device")
 
     with pytest.raises(ValueError, match="a bug"):
-        app.fine.segment_crop_with_fallback(Model(spec, Broken(spec, 0), torch.as_tensor(spec.lut)), torch.zeros((8, 64, 64)), (4.0, 3.0, 3.0), "logits", "a")
+        app.fine.segment_crop_with_fallback(Model(spec, Broken(spec, 0), torch.as_tensor(spec.lut)), np.zeros((8, 64, 64), np.int16), (4.0, 3.0, 3.0), "logits", "a")
 
 
 def test_whole_crop_tiling_keeps_the_geometry(weights, tmp_path):

@@ -1,7 +1,8 @@
 import numpy as np
+import pytest
 import torch
 
-from app.resample import argmax_resized, resize_image, resize_labels
+from app.resample import argmax_resized, resize_image, resize_labels, resize_sampled
 
 
 def test_nearest_labels_are_exact_for_integer_factors():
@@ -19,6 +20,22 @@ def test_argmax_resized_matches_full_interpolation():
     assert torch.equal(argmax_resized(logits, shape).long(), full)
 
 
+@pytest.mark.parametrize("source, target", [((120, 96, 90), (15, 12, 11)), ((60, 64, 48), (20, 40, 48)), ((9, 10, 11), (13, 5, 11))])
+def test_resize_sampled_is_torch_s_trilinear_resize_of_the_prepared_volume(source, target):
+    """Read from a flipped, transposed int16 view as the engine reads a scan: only the sampled voxels
+    (the first case), or the whole volume copied (the others, where the samples read most of it)."""
+    stored = np.random.default_rng(3).integers(-1000, 1500, size=source[::-1], dtype=np.int16)
+    view = np.flip(stored.transpose(2, 1, 0), axis=(0, 2))
+
+    def prepare(t: torch.Tensor) -> torch.Tensor:
+        return t.float().clamp_(-200, 400).sub_(50).div_(120)
+
+    want = resize_image(prepare(torch.from_numpy(np.ascontiguousarray(view))), target)
+    got = resize_sampled(view, target, prepare)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+
+
 def test_resize_image_keeps_constant_and_shape():
     img = torch.full((3, 4, 5), 7.0)
     out = resize_image(img, (6, 8, 2))
@@ -28,7 +45,6 @@ def test_resize_image_keeps_constant_and_shape():
 
 # --- nnU-Net's B-spline resampling (app.resample.zoom_axis / resize_nnunet) ----------------------
 
-import pytest  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from app.resample import separate_axis, spline_prefilter, zoom_axis  # noqa: E402
