@@ -271,6 +271,9 @@ class Engine:
         with watch.stage("fine"):
             labels = self.stages.segment_crop(self.fine, crop, spacing, opts.upsample, name)
             del crop
+            # the labels found: the cleanup keeps a piece of every one (torch counts uint8 in one
+            # pass; numpy's unique sorted the crop, 0.2 s)
+            found = [int(v) for v in labels.reshape(-1).bincount().nonzero().flatten().tolist() if v]
             labels_np = labels.cpu().numpy()
         with watch.stage("cleanup"):
             if opts.keep_largest is None or opts.keep_largest:
@@ -278,7 +281,6 @@ class Engine:
             mask = np.zeros(shape, dtype=np.uint8)
             mask[box.slices] = labels_np
             mask = layout.from_canonical(mask)
-        found = sorted(int(v) for v in np.unique(labels_np) if v)
         if not found:
             log.warning("%s: the fine model found no organ; writing an empty mask", name)
         with watch.stage("write"):
