@@ -4,9 +4,10 @@ Checks the earlier commit out as a git worktree, builds phantoms from fixed seed
 engine as the organisers do: one ``python -m app predict`` process per case, default options.
 Prints per scan the medians of the repeats (process wall time, the stages from ``--timings``,
 peak RSS) and the speed-up, then each engine's mean organ DSC against the phantoms' labels and
-the agreement of the two engines' masks on the real scans in ../shared/data/ct.
+the agreement of the masks on the real scans in ../shared/data/ct (labelled or not): the current
+engine against the earlier commit, and each ``--precision`` run against the current default.
 
-Usage: python -m benchmarks.cpu_speed [--baseline b50d041] [--repeats 3] [--out bench/cpu_speed] [--weights DIR]
+Usage: python -m benchmarks.cpu_speed [--baseline b50d041] [--repeats 3] [--out bench/cpu_speed] [--weights DIR] [--precision bf16]
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "ct" / "images"
+SHARED = REPO.parent / "shared" / "data" / "ct"
+REAL = ("images", "unlabelled")  # the real scans of SHARED, with labels or without
 # name -> (seed, field of view, slices, (in-plane, thickness) mm)
 TIMED = {"abdomen_300": ([20261125, 1], "abdomen", 300, (0.8, 1.0)), "whole_body_350": ([20261125, 2], "whole-body", 350, (0.8, 5.0))}
 SCORED = {"abdomen_a": ([777, 1], "abdomen", None, (0.8, 1.0)), "abdomen_b": ([777, 2], "abdomen", None, (0.7, 2.5)),
@@ -64,6 +66,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None, help="keep phantoms and masks here (default: a temp folder)")
     ap.add_argument("--weights", type=Path, default=None, help="the current engine's weights folder (default: its shipped ones)")
+    ap.add_argument("--precision", action="append", default=[], help="also time the current engine with this --precision (repeatable)")
     args = ap.parse_args()
 
     import SimpleITK as sitk
@@ -74,8 +77,9 @@ def main() -> None:
     baseline = root / "baseline-code"
     if not baseline.exists():
         subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline], cwd=REPO, check=True, capture_output=True)
-    engines = {args.baseline: baseline, "current": REPO}
-    extra = {args.baseline: (), "current": ("--weights", str(args.weights.resolve())) if args.weights else ()}
+    engines = {args.baseline: baseline, "current": REPO, **{f"current {p}": REPO for p in args.precision}}
+    weights = ("--weights", str(args.weights.resolve())) if args.weights else ()
+    extra = {args.baseline: (), "current": weights, **{f"current {p}": (*weights, "--precision", p) for p in args.precision}}
     scans = root / "scans"
     for name, (seed, fov, slices, spacing) in {**TIMED, **SCORED}.items():
         image = scans / f"{name}_0000.nii.gz"
@@ -91,8 +95,9 @@ def main() -> None:
                     rows[name, engine].append(predict(code, scans / f"{name}_0000.nii.gz", root / "runs" / engine / name, extra[engine]))
                     print(f"[{r + 1}/{args.repeats}] {name} {engine}: {rows[name, engine][-1]['wall']:.1f} s", file=sys.stderr)
         masks: dict[tuple[str, str], np.ndarray] = {}
-        for name in [*SCORED, *(p.name.replace("_0000.nii.gz", "") for p in sorted(SHARED.glob("*_0000.nii.gz")))]:
-            image = scans / f"{name}_0000.nii.gz" if name in SCORED else SHARED / f"{name}_0000.nii.gz"
+        real = {p.name.replace("_0000.nii.gz", ""): p for folder in REAL for p in sorted((SHARED / folder).glob("*_0000.nii.gz"))}
+        for name in [*SCORED, *real]:
+            image = scans / f"{name}_0000.nii.gz" if name in SCORED else real[name]
             for engine, code in engines.items():
                 predict(code, image, root / "runs" / engine / name, extra[engine])
                 masks[name, engine] = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "runs" / engine / name / "masks" / f"{name}.nii.gz")))
@@ -100,7 +105,7 @@ def main() -> None:
         if args.out is None:
             subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=REPO, check=False, capture_output=True)
 
-    base, cur = engines
+    base, cur, *others = engines
     stages = ("startup", "read", "coarse", "fine", "cleanup", "write")
     print(f"\n| scan | engine | process wall (s) | {' | '.join(stages)} | peak RSS (MiB) | speed-up |")
     print("|---|---|---|" + "---|" * len(stages) + "---|---|")
@@ -110,15 +115,16 @@ def main() -> None:
             med = {k: statistics.median(r.get(k, float("nan")) for r in rows[name, engine]) for k in ("wall", "rss", *stages)}
             cells = " | ".join("-" if np.isnan(med[s]) else f"{med[s]:.2f}" for s in stages)
             print(f"| {name} | {engine} | {med['wall']:.2f} | {cells} | {med['rss']:.0f} | {base_wall / med['wall']:.2f} |")
-    print("\n| phantom | mean organ DSC, " + base + " | mean organ DSC, current | difference |\n|---|---|---|---|")
+    print(f"\n| phantom | {' | '.join(f'mean organ DSC, {e}' for e in engines)} | {' | '.join(f'{e} - {base}' for e in (cur, *others))} |")
+    print("|---|" + "---|" * (2 * len(engines) - 1))
     for name in SCORED:
         ref = sitk.GetArrayFromImage(sitk.ReadImage(str(scans / "labels" / f"{name}.nii.gz")))
-        a, b = organ_dice(masks[name, base], ref), organ_dice(masks[name, cur], ref)
-        print(f"| {name} | {a:.4f} | {b:.4f} | {b - a:+.4f} |")
-    print("\n| real scan | mean organ DSC of current against " + base + " |\n|---|---|")
-    for (name, engine), mask in masks.items():
-        if engine == cur and name not in SCORED:
-            print(f"| {name} | {organ_dice(mask, masks[name, base]):.4f} |")
+        dsc = {e: organ_dice(masks[name, e], ref) for e in engines}
+        print(f"| {name} | {' | '.join(f'{v:.4f}' for v in dsc.values())} | {' | '.join(f'{dsc[e] - dsc[base]:+.4f}' for e in (cur, *others))} |")
+    pairs = [(cur, base), *((e, cur) for e in others)]
+    print(f"\n| real scan | {' | '.join(f'mean organ DSC of {a} against {b}' for a, b in pairs)} |\n|---|" + "---|" * len(pairs))
+    for name in (n for n, e in masks if e == cur and n not in SCORED):
+        print(f"| {name} | {' | '.join(f'{organ_dice(masks[name, a], masks[name, b]):.4f}' for a, b in pairs)} |")
     if args.out is None:
         shutil.rmtree(root, ignore_errors=True)
 
