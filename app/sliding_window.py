@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -66,11 +67,12 @@ def sliding_window_logits(
     image: torch.Tensor,
     patch: Sequence[int],
     num_classes: int,
-    step: float = 0.5,
+    step: float | Sequence[float] = 0.5,
     accumulate_on: torch.device | None = None,
     accumulate_dtype: torch.dtype = torch.float32,
     mirror_axes: Sequence[int] = (),
     blending: str = "fp32",
+    importance: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Logits ``[C, Z, Y, X]`` for a normalised ``[Z, Y, X]`` image; ``model`` is any ``tile -> logits``
     callable (``[1, 1, z, y, x] -> [1, C, z, y, x]``), a backend or a plain module.
@@ -80,7 +82,8 @@ def sliding_window_logits(
     ``nnunet`` does nnU-Net's own arithmetic instead (FP16 sums, each tile's FP32 product rounded
     once as it is added, weights ``nnunet_gaussian``): where the outer tiles' weights are tiny or
     underflow, at the volume's faces, nnU-Net's logits are coarsely rounded, and imported models
-    then give nnU-Net's very masks there too.
+    then give nnU-Net's very masks there too. ``step`` may differ per axis; ``importance`` replaces
+    the Gaussian (``large_tiles`` gives both).
     """
     if blending not in BLENDINGS:
         raise ValueError(f"blending must be one of {BLENDINGS}, got {blending!r}")
@@ -92,11 +95,12 @@ def sliding_window_logits(
         accumulate_dtype = torch.float16
         weight = nnunet_gaussian(tuple(patch)).to(device)
     else:
-        weight = torch.from_numpy(gaussian_weights(tuple(patch))).to(device=device, dtype=image.dtype)
+        weight = torch.from_numpy(gaussian_weights(tuple(patch)) if importance is None else importance).to(device=device, dtype=image.dtype)
     logits = torch.zeros((num_classes, *shape), dtype=accumulate_dtype, device=acc_dev)
     norm = torch.zeros(tuple(shape), dtype=accumulate_dtype, device=acc_dev)
     w_acc = weight.to(device=acc_dev, dtype=accumulate_dtype)
-    starts = [tile_starts(n, p, step) for n, p in zip(shape, patch)]
+    steps = [step] * 3 if isinstance(step, (int, float)) else list(step)
+    starts = [tile_starts(n, p, st) for n, p, st in zip(shape, patch, steps)]
     for z, y, x in itertools.product(*starts):
         sl = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
         tile = padded[sl][None, None]
@@ -133,3 +137,40 @@ def whole_logits(
     padded, crop = pad_to(image, target)
     out = model(padded[None, None])[0]
     return out[(slice(None), *crop)].to(accumulate_dtype)
+
+
+def large_tiles(shape: Sequence[int], divisor: Sequence[int], min_shape: Sequence[int], overlap: Sequence[int],
+                budget: int) -> tuple[tuple[int, int, int], tuple[float, float, float], np.ndarray]:
+    """Tiles for a fully convolutional network over an input too large for one pass: as few as fit
+    ``budget`` voxels each, neighbours sharing at least ``overlap`` voxels along each axis they split.
+
+    Returns the tile shape (multiples of the network's stride ``divisor``, at least ``min_shape``),
+    a step per axis giving exactly those tiles, and their blending weights: 1 inside, falling
+    linearly to the tile's faces across ``overlap`` (a voxel is taken mostly from the tile in
+    which it has the most context). Each split goes where it adds the least computed volume.
+    """
+    counts = [1, 1, 1]
+
+    def extent(a: int, n: int) -> int:
+        t = shape[a] if n == 1 else -(-(shape[a] + (n - 1) * overlap[a]) // n)
+        return max(min_shape[a], -(-t // divisor[a]) * divisor[a])
+
+    def fewer(a: int) -> int | None:  # the next tile count along axis a that shortens its tiles
+        return next((n for n in range(counts[a] + 1, shape[a] + 1) if extent(a, n) < extent(a, counts[a])), None)
+
+    def work(a: int, n: int) -> int:  # voxels computed over all tiles with n tiles along axis a
+        return math.prod((n if b == a else counts[b]) * extent(b, n if b == a else counts[b]) for b in range(3))
+
+    while math.prod(extent(a, counts[a]) for a in range(3)) > budget:
+        splittable = [a for a in range(3) if fewer(a) is not None]
+        if not splittable:
+            break  # every axis at its shortest tile: the budget cannot be met
+        a = min(splittable, key=lambda a: work(a, fewer(a)))  # type: ignore[arg-type]
+        counts[a] = fewer(a)  # type: ignore[assignment]
+    tile = tuple(extent(a, counts[a]) for a in range(3))
+    # tile_starts makes ceil((size - tile) / (tile * step)) + 1 tiles: this step gives counts[a]
+    steps = tuple(1.0 if n == 1 or size <= t else (size - t) / ((n - 1) * t) * (1 + 1e-9) for size, t, n in zip(shape, tile, counts))
+    ramps = [np.minimum(1.0, np.minimum(np.arange(1, t + 1), np.arange(t, 0, -1)) / min(o + 1, t // 2)) if n > 1 else np.ones(t)
+             for t, o, n in zip(tile, overlap, counts)]
+    weights = (ramps[0][:, None, None] * ramps[1][None, :, None] * ramps[2][None, None, :]).astype(np.float32)
+    return tile, steps, weights  # type: ignore[return-value]

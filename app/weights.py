@@ -23,7 +23,7 @@ FOREGROUND = "foreground"  # a coarse model may be binary: background / all orga
 FOREGROUND_ID = 255
 TILINGS = ("sliding", "whole")
 BLENDINGS = ("fp32", "nnunet")  # as app.sliding_window.BLENDINGS (this module stays torch-free)
-WHOLE_MAX_VOXELS = 12_000_000  # inputs above this are tiled even with tiling "whole": one pass's memory grows with the input
+WHOLE_MAX_VOXELS = 6_000_000  # tiling "whole": larger inputs run as large tiles (one pass's memory grows with the input; benchmarks/README.md)
 
 
 class WeightsError(Exception):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.sliding_window import gaussian_weights, sliding_window_logits, tile_starts, whole_logits
+from app.sliding_window import gaussian_weights, large_tiles, sliding_window_logits, tile_starts, whole_logits
 from app.unet import UNet3D, UNetConfig, count_macs, count_parameters
 
 
@@ -105,3 +105,49 @@ def test_whole_pass_pads_to_the_stride_and_crops_back(shape):
     assert len(seen) == 1 and all(n % d == 0 and n >= s for n, d, s in zip(seen[0][2:], (4, 8, 8), shape))
     assert out.shape == (2, *shape)
     assert torch.allclose(out[0], img, atol=1e-6) and torch.allclose(out[1], 2 * img + 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, budget", [((175, 150, 210), 2_000_000), ((60, 273, 273), 1_500_000), ((300, 40, 300), 900_000),
+                                           ((20, 64, 64), 10**9), ((500, 300, 300), 100)])
+def test_large_tiles_fit_the_budget_cover_the_input_and_overlap(shape, budget):
+    divisor, min_shape, overlap = (8, 16, 16), (48, 128, 128), (24, 64, 64)
+    tile, steps, weights = large_tiles(shape, divisor, min_shape, overlap, budget)
+    if budget > 100:
+        assert np.prod(tile) <= budget
+    else:  # no tile fits: the smallest the overlap allows
+        assert tile == min_shape
+    assert all(t % d == 0 and t >= m for t, d, m in zip(tile, divisor, min_shape))
+    assert weights.shape == tile and weights.max() == 1.0 and weights.min() > 0
+    for size, t, st, o in zip(shape, tile, steps, overlap):
+        padded = max(size, t)  # the sliding window pads an axis thinner than the tile
+        starts = tile_starts(padded, t, st)
+        assert starts[0] == 0 and starts[-1] + t == padded  # the whole axis
+        assert all(b - a <= t - o for a, b in zip(starts, starts[1:]))  # neighbours share at least the overlap
+        n_min = 1 if padded <= t else -(-(padded - o) // (t - o))
+        assert len(starts) == n_min  # no more tiles than needed
+
+
+def test_large_tiles_give_the_one_pass_labels_of_a_stored_statistics_network():
+    """Over an input above ``whole_max_voxels`` the engine runs large tiles of half that: the
+    network's labels must stay those of one pass (stored statistics, overlap of half a patch)."""
+    torch.manual_seed(0)
+    net = UNet3D(_cfg(norm="batch")).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    img = torch.nn.functional.avg_pool3d(torch.randn(1, 1, 40, 96, 120), 3, 1, 1)[0, 0] * 3
+    seen = []
+
+    def model(x):
+        seen.append(x.numel())
+        with torch.no_grad():
+            return net(x)
+
+    one = whole_logits(model, img, net.config.divisor, (8, 32, 32))
+    tile, steps, weights = large_tiles(img.shape, net.config.divisor, (8, 32, 32), (4, 16, 16), img.numel() // 4)
+    seen.clear()
+    tiled = sliding_window_logits(model, img, tile, 3, step=steps, importance=weights)
+    assert len(seen) > 2 and max(seen) <= img.numel() // 4
+    assert (tiled.argmax(0) == one.argmax(0)).float().mean() >= 0.999
