@@ -29,8 +29,8 @@ def resize_image(image: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tens
 
 def torch_linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per output sample of torch's trilinear ``align_corners=False`` resize: the two source indices
-    and the float32 weight of the second, from the float32 scale torch uses (so the weights are
-    torch's to the last bits, 1e-6 after a 3-D resize; the exact grid coordinates are 3e-4 away)."""
+    and the float32 weight of the second, from the float32 scale torch uses. A 3-D resize with them
+    lands within 2e-6 of torch's; with weights from the exact grid coordinates, 3e-4 away."""
     scale = float(np.float32(n_in) / np.float32(n_out))
     src = np.maximum(scale * (np.arange(n_out) + 0.5) - 0.5, 0.0).astype(np.float32)
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
