@@ -159,9 +159,9 @@ def test_fp32_engines_agree_with_torch_on_real_scans_and_a_phantom(parity_cases,
 # Mean organ DSC and the share of equal voxels against torch FP32's masks, without the
 # largest-component step: on real scans this phantom-trained model leaves small uncertain blobs
 # whose labels flip with any rounding, which says little of the precision. Measured 2026-11-25
-# (the shipped pair, one pass): the FP16 graph 0.9922-0.9998 (TS_example_dicom lowest) at
-# >= 99.977 % of voxels; OpenVINO BF16 0.9902-0.9996 at >= 99.906 %, short of 0.995 on the real
-# scans, so BF16 is opt-in (benchmarks/README.md, "Backends"). A precision bug (overflow, a wrong
+# (the shipped pair, one pass): the FP16 graph 0.9982-0.9998 at >= 99.964 % of voxels; OpenVINO
+# BF16 0.9935-0.9996 at >= 99.907 %; BF16 is opt-in (benchmarks/README.md, "Fewer copies and fewer
+# passes": whole blobs flip on unlabelled real scans). A precision bug (overflow, a wrong
 # cast) moves whole organs: far below these bars.
 REDUCED = [("onnxruntime", "fp16", 0.99, 0.9995), ("openvino", "bf16", 0.985, 0.998)]
 
