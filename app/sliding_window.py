@@ -162,11 +162,11 @@ def large_tiles(shape: Sequence[int], divisor: Sequence[int], min_shape: Sequenc
         return math.prod((n if b == a else counts[b]) * extent(b, n if b == a else counts[b]) for b in range(3))
 
     while math.prod(extent(a, counts[a]) for a in range(3)) > budget:
-        splittable = [a for a in range(3) if fewer(a) is not None]
-        if not splittable:
+        splits = {a: n for a in range(3) if (n := fewer(a)) is not None}
+        if not splits:
             break  # every axis at its shortest tile: the budget cannot be met
-        a = min(splittable, key=lambda a: work(a, fewer(a)))  # type: ignore[arg-type]
-        counts[a] = fewer(a)  # type: ignore[assignment]
+        a = min(splits, key=lambda a: work(a, splits[a]))
+        counts[a] = splits[a]
     tile = tuple(extent(a, counts[a]) for a in range(3))
     # tile_starts makes ceil((size - tile) / (tile * step)) + 1 tiles: this step gives counts[a]
     steps = tuple(1.0 if n == 1 or size <= t else (size - t) / ((n - 1) * t) * (1 + 1e-9) for size, t, n in zip(shape, tile, counts))

@@ -53,13 +53,6 @@ def predict(code: Path, image: Path, out: Path, extra: tuple[str, ...] = ()) -> 
     return {"wall": wall, "rss": usage.ru_maxrss / 1024, **json.loads(timings.read_text().splitlines()[0])}
 
 
-def organ_dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Mean DSC over the 13 organs either mask has."""
-    scores = [2 * float(((pred == o) & (ref == o)).sum()) / float((pred == o).sum() + (ref == o).sum())
-              for o in range(1, 14) if (pred == o).any() or (ref == o).any()]
-    return float(np.mean(scores)) if scores else 1.0
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", default="b50d041", help="the commit to compare against")
@@ -71,6 +64,7 @@ def main() -> None:
 
     import SimpleITK as sitk
 
+    from evaluation.metrics import mean_organ_dice
     from synthetic.phantoms import generate, write
 
     root = args.out or Path(tempfile.mkdtemp(prefix="cpu-speed-"))
@@ -119,12 +113,12 @@ def main() -> None:
     print("|---|" + "---|" * (2 * len(engines) - 1))
     for name in SCORED:
         ref = sitk.GetArrayFromImage(sitk.ReadImage(str(scans / "labels" / f"{name}.nii.gz")))
-        dsc = {e: organ_dice(masks[name, e], ref) for e in engines}
+        dsc = {e: mean_organ_dice(masks[name, e], ref) for e in engines}
         print(f"| {name} | {' | '.join(f'{v:.4f}' for v in dsc.values())} | {' | '.join(f'{dsc[e] - dsc[base]:+.4f}' for e in (cur, *others))} |")
     pairs = [(cur, base), *((e, cur) for e in others)]
     print(f"\n| real scan | {' | '.join(f'mean organ DSC of {a} against {b}' for a, b in pairs)} |\n|---|" + "---|" * len(pairs))
     for name in (n for n, e in masks if e == cur and n not in SCORED):
-        print(f"| {name} | {' | '.join(f'{organ_dice(masks[name, a], masks[name, b]):.4f}' for a, b in pairs)} |")
+        print(f"| {name} | {' | '.join(f'{mean_organ_dice(masks[name, a], masks[name, b]):.4f}' for a, b in pairs)} |")
     if args.out is None:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -73,6 +73,13 @@ def dice(gt: np.ndarray, pred: np.ndarray) -> float:
     return float("nan") if total == 0 else 2.0 * int(np.logical_and(gt, pred).sum()) / total
 
 
+def mean_organ_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean DSC over the 13 organs either label map has (an organ in only one of them scores 0; 1.0
+    when neither has any): how far two masks agree, as tests and benchmarks compare engines."""
+    scores = [dice(a == organ, b == organ) for organ in ORGAN_IDS if (a == organ).any() or (b == organ).any()]
+    return float(np.mean(scores)) if scores else 1.0
+
+
 @functools.lru_cache(maxsize=64)
 def _surfel_areas(spacing: tuple[float, float, float]) -> np.ndarray:
     """surface-distance's 256-entry table: surfel area (mm^2) of each 2x2x2 neighbourhood code."""

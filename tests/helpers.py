@@ -8,7 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from app.labels import FLARE_LABELS, ORGANS
+from app.labels import FLARE_LABELS
 from app.convert.tensors import save_model
 from app.unet import UNet3D, UNetConfig
 
@@ -16,16 +16,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 if not (SHARED / "images").is_dir():  # pragma: no cover - the data must be there
     raise RuntimeError(f"the real CT test data is missing: expected {SHARED} (../shared beside the repo)")
 REAL_CASES = sorted(p for p in (SHARED / "images").glob("*_0000.nii.gz"))
-
-
-def organ_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean DSC over the organs either mask has (an organ in only one of them scores 0)."""
-    scores = []
-    for organ in ORGANS:
-        x, y = a == organ, b == organ
-        if x.any() or y.any():
-            scores.append(2 * float((x & y).sum()) / float(x.sum() + y.sum()))
-    return float(np.mean(scores)) if scores else 1.0
 
 
 def tiny_unet(num_classes: int = 15, seed: int = 0, fg_bias: float = 0.0, norm: str = "instance") -> UNet3D:

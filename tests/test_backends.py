@@ -31,7 +31,8 @@ from app.labels import ORGANS
 from app.pipeline import Options, predict_folder
 from app.weights import read_spec, write_config
 from synthetic.phantoms import generate, write
-from tests.helpers import REAL_CASES, make_weights, organ_dice, tiny_unet, write_image
+from evaluation.metrics import mean_organ_dice
+from tests.helpers import REAL_CASES, make_weights, tiny_unet, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "weights"
@@ -91,7 +92,6 @@ def test_export_has_dynamic_axes_and_matches_torch(exported, shape):
     assert half.dtype == torch.float32 and (half.argmax(1) == ref.argmax(1)).float().mean() > 0.99
 
 
-
 def test_logits_outlive_the_next_call(exported):
     """The sliding window keeps one tile's logits while the mirrored tile runs: an engine that handed
     back a view of its reusable output buffer would overwrite them without a word."""
@@ -102,6 +102,7 @@ def test_logits_outlive_the_next_call(exported):
         kept = first.clone()
         backend(b)
         assert torch.equal(first, kept), type(backend).__name__
+
 
 def test_an_ensemble_exports_as_one_graph_that_averages_its_folds(tmp_path):
     folder = tmp_path / "ens"
@@ -172,7 +173,7 @@ def test_reduced_precision_keeps_the_network_s_masks(parity_cases, torch_masks, 
         pytest.skip("this CPU has no BF16 instructions")
     masks = _masks(parity_cases, tmp_path, engine, precision)["raw"]
     for name, mask in masks.items():
-        assert organ_dice(mask, torch_masks["raw"][name]) >= bar, name
+        assert mean_organ_dice(mask, torch_masks["raw"][name]) >= bar, name
         assert (mask == torch_masks["raw"][name]).mean() >= voxels, name
 
 
