@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .phantoms import FAT_PAD_MM, ORIENTATIONS, Arms, Phantom, _body, _Canvas
+from .phantoms import FAT_PAD_MM, ORIENTATIONS, Arms, Back, Phantom, _body, _Canvas
 from .randomise import PHASES, scanner, slice_profile, smooth_field, tissue_values
 
 LABEL_MAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "labels_only" / "flare22"
@@ -90,14 +90,16 @@ def _body_frame(labels: np.ndarray, spacing: tuple[float, float, float]) -> tupl
 
 
 def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = None, thickness: float | None = None,
-                    lesions: bool = True, deform: bool = True, arms: float = 0.0) -> Phantom:
+                    lesions: bool = True, deform: bool = True, arms: float = 0.0, muscles: float = 0.0) -> Phantom:
     """A randomised CT phantom around the real label map at ``path`` (labels: that map, warped).
 
     ``arms``: the chance of arms down beside the trunk (real scans often have them in the field of
-    view); drawn from a stream of their own, so the rest of the phantom does not depend on it.
+    view); ``muscles``: the chance of the back's muscles (``synthetic.phantoms.Back``). Each is
+    drawn from a stream of its own, so the rest of the phantom does not depend on it.
     """
     rng = np.random.default_rng(seed)
     arm_rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), 0xA125])
+    back_rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), 0xBAC4])
     labels, spacing = read_label_map(path)
     present = np.flatnonzero(labels.any(axis=(1, 2)))  # slices holding an organ
     pad = int(rng.uniform(10, 60) / spacing[0])  # some scans reach far below the organs: keep the abdomen
@@ -108,6 +110,7 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     labels = warp(labels, spacing, render, rng, **({} if deform else {"scale": 0.0, "rotate_deg": 0.0, "elastic_mm": 0.0}))
     origin, a, b = _body_frame(labels, render)
     drawn = Arms.draw(arm_rng) if arm_rng.random() < arms else None
+    back = Back.draw(back_rng) if back_rng.random() < muscles else None
     if drawn is not None:  # widen the field of view so that both arms fall inside it, with air beyond
         reach = a * 1.05 + drawn.reach + arm_rng.uniform(5, 40)
         left, right = (max(0, int(np.ceil(mm / inplane))) for mm in (reach + origin[2], reach - (labels.shape[2] * inplane + origin[2])))
@@ -117,7 +120,7 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     # Thin slices come from maps labelled at 2.5 mm: their organ surfaces step along z (nearest labels).
     phase = int(rng.integers(0, len(PHASES)))
     hu = tissue_values(rng, phase)
-    _body(cv, a, b, fat=rng.uniform(8, 35), phase=min(phase, 2), arms=drawn)
+    _body(cv, a, b, fat=rng.uniform(8, 35), phase=min(phase, 2), arms=drawn, back=back)
     body = cv.image > -500
     for label, tissue in TISSUE_OF.items():
         mask = labels == label

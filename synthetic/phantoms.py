@@ -176,9 +176,32 @@ class Arms:
         return self.gap + 2 * self.half_width
 
 
-def _body(cv: _Canvas, a: float, b: float, fat: float, phase: int, arms: Arms | None = None) -> None:
+@dataclass(frozen=True)
+class Back:
+    """The muscles around the spine (mm, body frame): erector spinae behind it, psoas beside the
+    lumbar vertebrae, quadratus lumborum behind the kidneys, a spinous process, and the room the
+    back needs (``depth``: how much deeper the trunk is behind its centre).
+
+    Why: without them the only soft tissue near the spine is the organs, and a network trained so
+    calls real back muscle spleen or kidney.
+    """
+
+    depth: float
+    hu: float
+    erector: tuple[float, float]  # centre x (each side), half-width; it fills from the arch to the wall
+    psoas: tuple[float, float]  # top z, largest radius
+    quadratus: tuple[float, float]  # centre x (each side), radius
+    spinous: float  # length behind the arch
+
+    @staticmethod
+    def draw(rng: np.random.Generator) -> Back:
+        return Back(rng.uniform(15, 40), rng.uniform(30, 75), (rng.uniform(22, 32), rng.uniform(17, 27)),
+                    (rng.uniform(-10, 40), rng.uniform(14, 26)), (rng.uniform(48, 66), rng.uniform(9, 15)), rng.uniform(20, 32))
+
+
+def _body(cv: _Canvas, a: float, b: float, fat: float, phase: int, arms: Arms | None = None, back: Back | None = None) -> None:
     """Body outline, fat, muscle wall, spine, ribs, lungs, heart, pelvis, bowel and table, and the
-    arms where given.
+    arms and back muscles where given.
 
     Cross-sections are 2D masks cached per (rounded) radius and assigned slice by slice, which
     keeps a 512x512x300 phantom to a few seconds.
@@ -188,6 +211,7 @@ def _body(cv: _Canvas, a: float, b: float, fat: float, phase: int, arms: Arms | 
     Y, X = y[:, None], x[None, :]
     sy = b * 0.55  # spine centre (y)
     cache: dict[tuple, np.ndarray] = {}
+    depth = back.depth if back is not None else 0.0
 
     def ellipse(ra: float, rb: float, cx: float = 0.0, cy: float = 0.0) -> np.ndarray:
         key = (round(ra), round(rb), round(cx), round(cy))
@@ -195,11 +219,24 @@ def _body(cv: _Canvas, a: float, b: float, fat: float, phase: int, arms: Arms | 
             cache[key] = ((X - cx) / max(key[0], 1)) ** 2 + ((Y - cy) / max(key[1], 1)) ** 2 < 1
         return cache[key]
 
+    def trunk(ra: float, rb: float) -> np.ndarray:
+        """The trunk's cross-section: an ellipse, ``depth`` mm deeper behind its centre."""
+        if not depth:
+            return ellipse(ra, rb)
+        key = ("trunk", round(ra), round(rb))
+        if key not in cache:
+            cache[key] = np.where(Y < 0, ellipse(ra, rb), ellipse(ra, rb + depth))
+        return cache[key]
+
     fat_hu, cavity_hu, muscle_hu = -100 + rng.normal(0, 4), -95 + rng.normal(0, 5), HU["muscle"][phase]
+    if back is not None:
+        muscle_hu = back.hu
     vert = ellipse(21, 18, 0, sy)
     canal = ellipse(9, 9, 0, sy + 27)
     arch = ellipse(14, 14, 0, sy + 27) & ~canal
-    table = (Y > b + 25) & (Y < b + 45) & (np.abs(X) < a * 1.1)
+    table = (Y > b + depth + 25) & (Y < b + depth + 45) & (np.abs(X) < a * 1.1)
+    if back is not None:
+        spinous = (np.abs(X) < 3.5) & (Y > sy + 36) & (Y < sy + 36 + back.spinous)
     dome = 75 + 20 * np.exp(-(((X + a * 0.4) / (a * 0.45)) ** 2)) + 10 * np.exp(-(((X - a * 0.4) / (a * 0.45)) ** 2)) - 25 * (Y / b) ** 2
     mediastinum = (np.abs(X - 10) < 35) & (Y < sy - 10)
     for k, zk in enumerate(z):
@@ -217,16 +254,18 @@ def _body(cv: _Canvas, a: float, b: float, fat: float, phase: int, arms: Arms | 
         else:
             az = a * (1 + 0.05 * np.sin(zk / 90.0)) * (0.35 if zk > 330 else 1.0)
             bz = b * (0.55 if zk > 330 else 1.0)
-            sl[ellipse(az, bz)] = fat_hu
+            sl[trunk(az, bz) if zk <= 330 else ellipse(az, bz)] = fat_hu
             if zk <= 330:
-                sl[ellipse(az - fat, bz - fat)] = muscle_hu
-                sl[ellipse(az - fat - 12, bz - fat - 12)] = cavity_hu
+                sl[trunk(az - fat, bz - fat)] = muscle_hu
+                sl[trunk(az - fat - 12, bz - fat - 12)] = cavity_hu
                 if -40 < zk and (zk + 5) % 28.0 < 9:  # ribs
-                    rib = ellipse(az - fat - 2, bz - fat - 2) & ~ellipse(az - fat - 10, bz - fat - 10) & (Y > -bz * 0.6)
+                    rib = trunk(az - fat - 2, bz - fat - 2) & ~trunk(az - fat - 10, bz - fat - 10) & (Y > -bz * 0.6)
                     sl[rib] = 650
                 if zk > dome.min():  # lungs above the diaphragm
-                    lung = (zk > dome) & ellipse(az - fat - 16, bz - fat - 16) & ~mediastinum
+                    lung = (zk > dome) & trunk(az - fat - 16, bz - fat - 16) & ~mediastinum
                     sl[lung] = -850
+                if back is not None:
+                    _back_muscles(sl, back, zk, sy, bz + depth - fat, ellipse, trunk(az - fat, bz - fat), muscle_hu)
             if arms is not None and arms.z_range[0] < zk < arms.z_range[1]:
                 ra, rb, dy = arms.half_width, arms.half_depth, arms.shift * b
                 for side in (-1, 1):
@@ -238,6 +277,8 @@ def _body(cv: _Canvas, a: float, b: float, fat: float, phase: int, arms: Arms | 
             sl[vert] = 85 if zk % 32.0 < 7 else 260
             sl[canal] = 15
             sl[arch] = 500
+            if back is not None and zk <= 330 and zk % 32.0 < 22:
+                sl[spinous] = 500
         sl[table] = 150
     heart = _blob(cv, (float(dome.max()) + 55, -b * 0.25, 15), (55, 55, 65), wobble=0.08)
     _organ(cv, heart, HU["heart"][phase], None)
@@ -253,6 +294,23 @@ def _body(cv: _Canvas, a: float, b: float, fat: float, phase: int, arms: Arms | 
             sl_, m, coords = loop
             gas = cv.texture(coords, 1.0, waves=2) > 0.6
             cv.paint(sl_, m, np.broadcast_to(np.where(gas, -950.0, 25.0 + rng.normal(0, 8)), m.shape).astype(np.float32), None)
+
+
+def _back_muscles(sl: np.ndarray, back: Back, zk: float, sy: float, wall: float, ellipse, inside: np.ndarray, hu: float) -> None:
+    """One slice of the back's muscles (in place), within the trunk's muscle wall ``inside`` whose
+    back edge lies at y = ``wall``."""
+    ex, erx = back.erector
+    top, largest = back.psoas
+    front = sy + 12  # erector spinae: from beside the vertebral arch back into the wall, the whole trunk
+    for side in (-1, 1):
+        sl[ellipse(erx, (wall - front) / 2 + 6, side * ex, (wall + front) / 2) & inside] = hu
+        if -240 < zk < top:  # psoas: from the first lumbar vertebra down, growing and moving out
+            radius = largest * min(1.0, (top - zk) / 110) ** 0.6
+            if radius > 4:
+                sl[ellipse(radius, radius * 0.9, side * (24 + 0.12 * (top - zk)), sy - 4)] = hu
+        if -130 < zk < top - 15:  # quadratus lumborum behind the kidney
+            qx, qr = back.quadratus
+            sl[ellipse(qr, qr * 0.7, side * qx, sy + 14) & inside] = hu
 
 
 def _abdominal_organs(cv: _Canvas, a: float, b: float, phase: int, lesions: bool) -> None:

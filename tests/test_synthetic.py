@@ -94,6 +94,23 @@ def test_smooth_field_is_scipys_cubic_zoom_of_the_coarse_grid(shape, cells):
     assert got.std() > 0.05 or min(shape) == 1
 
 
+def test_back_muscles_replace_fat_behind_the_organs_only_when_asked(phantom):
+    """``muscles``: erector spinae, psoas and quadratus lumborum where the body had only fat behind
+    the aorta; the labels are the same, and at 0 the phantom is the one drawn without the option."""
+    path = LABEL_MAPS / "FLARE22_Tr_0001.nii.gz"
+    same = anatomy_phantom(path, seed=[5, 0], inplane=1.6, thickness=2.5, muscles=0.0)
+    assert np.array_equal(same.image, phantom.image) and np.array_equal(same.labels, phantom.labels)
+    backed = anatomy_phantom(path, seed=[5, 0], inplane=1.6, thickness=2.5, muscles=1.0)
+    assert np.array_equal(backed.labels, phantom.labels)
+    rows = np.arange(phantom.image.shape[1])[None, :, None]
+    aorta_row = np.argwhere(phantom.labels == 5)[:, 1].mean()
+    became_muscle = (phantom.image < -50) & (backed.image > -30) & (phantom.labels == 0)
+    cm3 = float(np.prod(phantom.spacing)) / 1000
+    behind = (became_muscle & (rows > aorta_row)).sum() * cm3
+    in_front = (became_muscle & (rows < aorta_row - 10 / phantom.spacing[1])).sum() * cm3
+    assert behind > 500 and in_front < 0.02 * behind, (behind, in_front)
+
+
 def test_arms_beside_the_trunk_only_when_asked(phantom):
     """``arms``: a wider field of view with tissue and bone lateral to the body; at 0 the phantom is
     the one drawn without the option (their stream is separate)."""
