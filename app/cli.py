@@ -53,6 +53,8 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--margin-mm", type=float, default=20.0, help="safety margin around the coarse ROI (default 20 mm)")
     p.add_argument("--roi-gap-mm", type=float, default=60.0,
                    help="coarse blobs farther than this from the main organ cluster are left out of the ROI (default 60 mm; inf keeps all)")
+    p.add_argument("--roi-grow", type=int, default=2, metavar="N",
+                   help="grow the ROI and segment again where organs reach its faces, at most N times (default 2; 0: never)")
     p.add_argument("--tiling", choices=("model", "sliding", "whole"), default="model",
                    help="fine stage: the model's setting (default), nnU-Net's overlapping tiles, or one pass over the crop")
     p.add_argument("--upsample", choices=("logits", "labels"), default="logits", help="how fine predictions return to the scan grid")
@@ -164,6 +166,7 @@ def _predict(args: argparse.Namespace) -> int:
         precision=args.precision,
         margin_mm=args.margin_mm,
         roi_gap_mm=args.roi_gap_mm,
+        roi_grow=args.roi_grow,
         upsample=args.upsample,
         keep_largest=args.keep_largest,
         backend=args.backend,

@@ -75,3 +75,37 @@ def resampled_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target: 
     model sees the grid it was trained on even where a product lands on .5.
     """
     return tuple(max(1, int(round(s / t * n))) for n, s, t in zip(shape, spacing, target))
+
+
+Face = tuple[int, int]  # (axis, 0 for the start side or 1 for the stop side)
+
+
+def cut_faces(labels: np.ndarray, box: Box, limit: Box, spacing: tuple[float, ...], min_area_mm2: float) -> list[Face]:
+    """Faces of ``box`` that cut through an organ: at least ``min_area_mm2`` of labelled voxels
+    (``labels``, the crop's) on the face, where ``limit`` (the scan, or the part a model may see)
+    goes on beyond it.
+
+    Why: the ROI comes from a coarse model; where it saw only part of an organ, the fine model's
+    organ stops flat at the crop's face, a wrong mask with nothing to say so.
+    """
+    faces: list[Face] = []
+    for axis in range(labels.ndim):
+        area = float(np.prod([s for a, s in enumerate(spacing) if a != axis]))
+        for side, (edge, bound) in enumerate(((box.start[axis], limit.start[axis]), (box.stop[axis], limit.stop[axis]))):
+            if edge == bound:
+                continue
+            face = np.take(labels, 0 if side == 0 else labels.shape[axis] - 1, axis=axis)
+            if np.count_nonzero(face) * area >= min_area_mm2:
+                faces.append((axis, side))
+    return faces
+
+
+def grow_faces(box: Box, faces: list[Face], grow: tuple[int, ...], limit: Box) -> Box:
+    """``box`` moved out by ``grow[axis]`` voxels on each of ``faces``, within ``limit``."""
+    start, stop = list(box.start), list(box.stop)
+    for axis, side in faces:
+        if side == 0:
+            start[axis] = max(limit.start[axis], start[axis] - grow[axis])
+        else:
+            stop[axis] = min(limit.stop[axis], stop[axis] + grow[axis])
+    return Box(tuple(start), tuple(stop))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .geometry import Box, bounding_box, intersect
+from .geometry import Box, bounding_box, cut_faces, grow_faces, intersect
 from .labels import ORGANS
 from .nifti import Scan, ScanError, check_writable, find_scans, output_collisions, output_path, read_scan, remove_stale_temps, write_mask
 from .orientation import Orientation
@@ -23,6 +23,7 @@ from .weights import ModelSpec, WeightsError, read_spec
 log = logging.getLogger("app")
 
 STAGES = ("read", "coarse", "roi", "fine", "cleanup", "write")
+CUT_AREA_MM2 = 100.0  # organ area on an ROI face that says the face cuts through an organ (not a stray voxel)
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 
@@ -37,6 +38,7 @@ class Options:
     precision: str = "auto"  # auto (FP16 on CUDA, FP32 on the CPU) | fp32 | fp16 | bf16
     margin_mm: float = 20.0
     roi_gap_mm: float = 60.0  # coarse blobs farther than this from the main organ cluster stay out of the ROI
+    roi_grow: int = 2  # times the ROI may grow where the fine model's organs reach its faces (0: never)
     upsample: str = "logits"
     keep_largest: tuple[int, ...] | None = ORGANS  # None: every label
     use_roi: bool = True
@@ -262,22 +264,32 @@ class Engine:
                     log.warning("%s: the coarse model found no organ; segmenting the whole scan", name)
         shape = tuple(view.shape)
         with watch.stage("roi"):
-            box = box or Box.full(shape)
+            limit = Box.full(shape)  # what the fine model may see
             nonzero = bounding_box(view != 0) if self.fine.spec.crop_nonzero else None
             if nonzero is not None:  # nnU-Net predicts only inside the box of non-zero voxels
-                overlap = intersect(box, nonzero)
-                box = overlap if not overlap.is_empty else nonzero
-            crop = np.ascontiguousarray(view[box.slices])
-        with watch.stage("fine"):
-            labels = self.stages.segment_crop(self.fine, crop, spacing, opts.upsample, name)
-            del crop
-            # the labels found: the cleanup keeps a piece of every one (torch counts uint8 in one
-            # pass; numpy's unique sorted the crop, 0.2 s)
-            found = [int(v) for v in labels.reshape(-1).bincount().nonzero().flatten().tolist() if v]
-            labels_np = labels.cpu().numpy()
+                limit = nonzero
+            box = limit if box is None or intersect(box, limit).is_empty else intersect(box, limit)
+        grown = 0
+        while True:
+            with watch.stage("roi"):
+                crop = np.ascontiguousarray(view[box.slices])
+            with watch.stage("fine"):
+                labels = self.stages.segment_crop(self.fine, crop, spacing, opts.upsample, name)
+                del crop
+                # the labels found: the cleanup keeps a piece of every one (torch counts uint8 in one
+                # pass; numpy's unique sorted the crop, 0.2 s)
+                found = [int(v) for v in labels.reshape(-1).bincount().nonzero().flatten().tolist() if v]
+                labels_np = labels.cpu().numpy()
+            with watch.stage("cleanup"):
+                if opts.keep_largest is None or opts.keep_largest:
+                    labels_np = keep_largest_components(labels_np, opts.keep_largest)
+                faces = cut_faces(labels_np, box, limit, spacing, CUT_AREA_MM2) if grown < opts.roi_grow else []
+            if not faces:
+                break
+            grown += 1  # the coarse box cut an organ: segment again in a box grown on those faces
+            box = grow_faces(box, faces, tuple(max(int(np.ceil(opts.margin_mm / s)), n // 2) for s, n in zip(spacing, box.shape)), limit)
+            log.info("%s: organs reach %d face(s) of the ROI; segmenting a grown ROI (%d of at most %d)", name, len(faces), grown, opts.roi_grow)
         with watch.stage("cleanup"):
-            if opts.keep_largest is None or opts.keep_largest:
-                labels_np = keep_largest_components(labels_np, opts.keep_largest)
             mask = np.zeros(shape, dtype=np.uint8)
             mask[box.slices] = labels_np
             mask = layout.from_canonical(mask)
@@ -288,7 +300,8 @@ class Engine:
             write_mask(mask, scan.geometry, out_path)
             if opts.preview is not None:
                 _write_preview(scan, mask, opts.preview / out_path.name.replace(".nii.gz", ".png"))
-        info = {"device": str(self.device), "backend": str(self.fine.placement), "roi_box": [list(box.start), list(box.stop)], "roi_fraction": round(float(np.prod(box.shape)) / float(np.prod(shape)), 4), "labels": found}
+        info = {"device": str(self.device), "backend": str(self.fine.placement), "roi_box": [list(box.start), list(box.stop)], "roi_fraction": round(float(np.prod(box.shape)) / float(np.prod(shape)), 4),
+                "roi_grown": grown, "labels": found}
         return CaseResult(name, ok=True, timings=watch.times, info=info)
 
     def _coarse_box(self, scan: Scan, view: np.ndarray, spacing: tuple[float, float, float], layout: Orientation) -> Box | None:

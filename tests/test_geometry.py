@@ -1,7 +1,7 @@
 import numpy as np
 
 from app.coarse import gaps_mm, roi_box
-from app.geometry import Box, bounding_box, expand_box_mm, map_box, resampled_shape
+from app.geometry import Box, bounding_box, cut_faces, expand_box_mm, grow_faces, map_box, resampled_shape
 
 
 def test_bounding_box():
@@ -21,6 +21,26 @@ def test_expand_box_in_millimetres_is_clipped():
     assert box == Box((6, 0, 0), (24, 40, 49))
     box = expand_box_mm(Box((10, 40, 10), (20, 60, 20)), spacing=(5.0, 1.0, 0.7), margin_mm=20, shape=(22, 70, 30))
     assert box == Box((6, 20, 0), (22, 70, 30))
+
+
+def test_cut_faces_are_those_an_organ_crosses_inside_the_scan():
+    labels = np.zeros((10, 20, 30), np.uint8)  # a crop of voxels 2 x 1 x 0.5 mm
+    labels[3:6, 0:4, 10:20] = 1  # on the y start face: 3 x 10 voxels
+    labels[9, 5:7, 5:7] = 3  # 4 voxels of 0.5 mm^2 on the last z face: 2 mm^2, a speck
+    box, scan = Box((5, 10, 0), (15, 30, 30)), Box.full((40, 60, 30))
+    assert cut_faces(labels, box, scan, (2.0, 1.0, 0.5), min_area_mm2=15) == [(1, 0)]  # 3 x 10 voxels of 2 x 0.5 mm = 30 mm^2
+    assert cut_faces(labels, box, scan, (2.0, 1.0, 0.5), min_area_mm2=31) == []
+    assert cut_faces(labels, box, scan, (2.0, 1.0, 0.5), min_area_mm2=2) == [(0, 1), (1, 0)]
+    labels[:, :, 0] = 2  # 400 mm^2 on the x start face, but the box is at the scan's edge there: nothing beyond
+    assert cut_faces(labels, box, scan, (2.0, 1.0, 0.5), min_area_mm2=15) == [(1, 0)]
+    assert cut_faces(labels, Box((5, 10, 5), (15, 30, 35)), Box.full((40, 60, 40)), (2.0, 1.0, 0.5), min_area_mm2=15) == [(1, 0), (2, 0)]
+    assert cut_faces(labels, box, Box((5, 10, 0), (15, 30, 30)), (2.0, 1.0, 0.5), min_area_mm2=1) == []  # limit = box
+
+
+def test_grow_faces_moves_only_those_faces_within_the_limit():
+    box, limit = Box((5, 10, 10), (15, 30, 20)), Box((2, 0, 0), (40, 35, 30))
+    assert grow_faces(box, [(1, 0), (1, 1), (0, 0)], (4, 6, 6), limit) == Box((2, 4, 10), (15, 35, 20))
+    assert grow_faces(box, [], (4, 6, 6), limit) == box
 
 
 def test_resampled_shape():

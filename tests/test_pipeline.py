@@ -150,7 +150,8 @@ def test_roi_crop_is_pasted_back_in_place(weights, tmp_path):
         seen["shape"] = tuple(crop.shape)
         return real_segment(model, crop, spacing, upsample, case)
 
-    results = predict_folder(inp, tmp_path / "out", _opts(weights, margin_mm=4.0), Stages(coarse_labels=fake_coarse, segment_crop=spy))
+    # roi_grow=0: the untrained test model labels voxels on the crop's faces too (growth: the next test)
+    results = predict_folder(inp, tmp_path / "out", _opts(weights, margin_mm=4.0, roi_grow=0), Stages(coarse_labels=fake_coarse, segment_crop=spy))
     assert results[0].ok
     # coarse box z 8..16, y 16..24, x 28..48 on the full grid; the 4 mm margin is 2 slices of
     # 2 mm along z and 4 voxels of 1 mm in-plane
@@ -161,6 +162,35 @@ def test_roi_crop_is_pasted_back_in_place(weights, tmp_path):
     outside = np.ones(mask.shape, bool)
     outside[expected.slices] = False
     assert not mask[outside].any()
+
+
+def test_an_organ_cut_by_the_coarse_box_is_segmented_whole(weights, tmp_path, caplog):
+    """A coarse model that saw part of an organ gives a box that cuts it; the fine model's organ then
+    stops flat at the crop's face. The engine grows the box on those faces and segments again."""
+    arr = np.full((40, 64, 64), -1000, np.int16)
+    arr[5:30, 10:50, 12:52] = 60  # the organ: 25 x 40 x 40 voxels of 1 x 1 x 2 mm
+    write_image(tmp_path / "in" / "cut_0000.nii.gz", arr, spacing=(2.0, 1.0, 1.0))
+
+    def fake_coarse(model, image, spacing):
+        coarse = np.zeros((10, 16, 16), np.uint8)
+        coarse[2:4, 4:8, 4:8] = 1  # a corner of it: full-grid box z 8..16, y 16..32, x 16..32
+        return coarse
+
+    def by_intensity(model, crop, spacing, upsample, case):  # a fine model that finds the organ wherever it sees it
+        import torch
+
+        return torch.from_numpy((crop > 0).astype(np.uint8))
+
+    stages = Stages(coarse_labels=fake_coarse, segment_crop=by_intensity)
+    with caplog.at_level(logging.INFO, logger="app"):
+        results = predict_folder(tmp_path / "in", tmp_path / "grown", _opts(weights, margin_mm=2.0), stages)
+    assert results[0].ok and results[0].info["roi_grown"] >= 1
+    assert "segmenting a grown ROI" in caplog.text
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "grown" / "cut.nii.gz")))
+    assert np.array_equal(mask, (arr > 0).astype(np.uint8))
+    results = predict_folder(tmp_path / "in", tmp_path / "kept", _opts(weights, margin_mm=2.0, roi_grow=0), stages)
+    cut = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "kept" / "cut.nii.gz")))
+    assert results[0].info["roi_grown"] == 0 and 0 < cut.sum() < 0.2 * mask.sum()  # what the coarse box alone gives
 
 
 def test_coarse_finding_nothing_falls_back_to_the_whole_scan(weights, tmp_path, caplog):
