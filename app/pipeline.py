@@ -251,8 +251,6 @@ class Engine:
         return result
 
     def _segment(self, scan: Scan, out_dir: Path, on_stage: Callable[[str], None] = _no_report) -> CaseResult:
-        from .cleanup import keep_largest_components
-
         opts, name = self.options, scan.path.name
         watch = Stopwatch(sync=self.fine.backend.sync, on_stage=on_stage)
         with watch.stage("coarse"):
@@ -269,26 +267,13 @@ class Engine:
             if nonzero is not None:  # nnU-Net predicts only inside the box of non-zero voxels
                 limit = nonzero
             box = limit if box is None or intersect(box, limit).is_empty else intersect(box, limit)
+        labels_np, found = self._segment_box(view, box, spacing, name, watch)
         grown = 0
-        while True:
-            with watch.stage("roi"):
-                crop = np.ascontiguousarray(view[box.slices])
-            with watch.stage("fine"):
-                labels = self.stages.segment_crop(self.fine, crop, spacing, opts.upsample, name)
-                del crop
-                # the labels found: the cleanup keeps a piece of every one (torch counts uint8 in one
-                # pass; numpy's unique sorted the crop, 0.2 s)
-                found = [int(v) for v in labels.reshape(-1).bincount().nonzero().flatten().tolist() if v]
-                labels_np = labels.cpu().numpy()
-            with watch.stage("cleanup"):
-                if opts.keep_largest is None or opts.keep_largest:
-                    labels_np = keep_largest_components(labels_np, opts.keep_largest)
-                faces = cut_faces(labels_np, box, limit, spacing, CUT_AREA_MM2) if grown < opts.roi_grow else []
-            if not faces:
-                break
+        while grown < opts.roi_grow and (faces := cut_faces(labels_np, box, limit, spacing, CUT_AREA_MM2)):
             grown += 1  # the coarse box cut an organ: segment again in a box grown on those faces
             box = grow_faces(box, faces, tuple(max(int(np.ceil(opts.margin_mm / s)), n // 2) for s, n in zip(spacing, box.shape)), limit)
             log.info("%s: organs reach %d face(s) of the ROI; segmenting a grown ROI (%d of at most %d)", name, len(faces), grown, opts.roi_grow)
+            labels_np, found = self._segment_box(view, box, spacing, name, watch)
         with watch.stage("cleanup"):
             mask = np.zeros(shape, dtype=np.uint8)
             mask[box.slices] = labels_np
@@ -303,6 +288,25 @@ class Engine:
         info = {"device": str(self.device), "backend": str(self.fine.placement), "roi_box": [list(box.start), list(box.stop)], "roi_fraction": round(float(np.prod(box.shape)) / float(np.prod(shape)), 4),
                 "roi_grown": grown, "labels": found}
         return CaseResult(name, ok=True, timings=watch.times, info=info)
+
+    def _segment_box(self, view: np.ndarray, box: Box, spacing: tuple[float, float, float], name: str, watch: Stopwatch) -> tuple[np.ndarray, list[int]]:
+        """The fine model's labels in ``box`` after the cleanup, and the labels it found before it."""
+        from .cleanup import keep_largest_components
+
+        opts = self.options
+        with watch.stage("roi"):
+            crop = np.ascontiguousarray(view[box.slices])
+        with watch.stage("fine"):
+            labels = self.stages.segment_crop(self.fine, crop, spacing, opts.upsample, name)
+            del crop
+            # the labels found: the cleanup keeps a piece of every one (torch counts uint8 in one
+            # pass; numpy's unique sorted the crop, 0.2 s)
+            found = [int(v) for v in labels.reshape(-1).bincount().nonzero().flatten().tolist() if v]
+            labels_np = labels.cpu().numpy()
+        with watch.stage("cleanup"):
+            if opts.keep_largest is None or opts.keep_largest:
+                labels_np = keep_largest_components(labels_np, opts.keep_largest)
+        return labels_np, found
 
     def _coarse_box(self, scan: Scan, view: np.ndarray, spacing: tuple[float, float, float], layout: Orientation) -> Box | None:
         """ROI in the fine model's layout; the coarse model sees the scan in its own layout."""
