@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .phantoms import FAT_PAD_MM, ORIENTATIONS, Arms, Back, Phantom, _body, _Canvas
+from .phantoms import FAT_PAD_MM, ORIENTATIONS, Arms, Back, Phantom, _body, _Canvas, abdominal_bowel
 from .randomise import PHASES, scanner, slice_profile, smooth_field, tissue_values
 
 LABEL_MAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "labels_only" / "flare22"
@@ -90,16 +90,19 @@ def _body_frame(labels: np.ndarray, spacing: tuple[float, float, float]) -> tupl
 
 
 def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = None, thickness: float | None = None,
-                    lesions: bool = True, deform: bool = True, arms: float = 0.0, muscles: float = 0.0) -> Phantom:
+                    lesions: bool = True, deform: bool = True, arms: float = 0.0, muscles: float = 0.0,
+                    bowel: float = 0.0) -> Phantom:
     """A randomised CT phantom around the real label map at ``path`` (labels: that map, warped).
 
     ``arms``: the chance of arms down beside the trunk (real scans often have them in the field of
-    view); ``muscles``: the chance of the back's muscles (``synthetic.phantoms.Back``). Each is
-    drawn from a stream of its own, so the rest of the phantom does not depend on it.
+    view); ``muscles``: the chance of the back's muscles (``synthetic.phantoms.Back``); ``bowel``:
+    the chance of colon and small bowel around the organs (``synthetic.phantoms.abdominal_bowel``).
+    Each is drawn from a stream of its own, so the rest of the phantom does not depend on it.
     """
     rng = np.random.default_rng(seed)
     arm_rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), 0xA125])
     back_rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), 0xBAC4])
+    bowel_rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), 0xB0E1])
     labels, spacing = read_label_map(path)
     present = np.flatnonzero(labels.any(axis=(1, 2)))  # slices holding an organ
     pad = int(rng.uniform(10, 60) / spacing[0])  # some scans reach far below the organs: keep the abdomen
@@ -121,6 +124,8 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     phase = int(rng.integers(0, len(PHASES)))
     hu = tissue_values(rng, phase)
     _body(cv, a, b, fat=rng.uniform(8, 35), phase=min(phase, 2), arms=drawn, back=back)
+    if bowel_rng.random() < bowel:
+        abdominal_bowel(cv, a, b, bowel_rng)
     body = cv.image > -500
     for label, tissue in TISSUE_OF.items():
         mask = labels == label

@@ -313,6 +313,44 @@ def _back_muscles(sl: np.ndarray, back: Back, zk: float, sy: float, wall: float,
             sl[ellipse(qr, qr * 0.7, side * qx, sy + 14) & inside] = hu
 
 
+def abdominal_bowel(cv: _Canvas, a: float, b: float, rng: np.random.Generator) -> None:
+    """Colon (ascending, transverse, descending) and small-bowel loops through the abdomen, in the
+    fat only and unlabelled (in place); shapes and contents drawn from ``rng`` alone.
+
+    Why: the body has bowel only below the kidneys, so next to the stomach, liver and pancreas a
+    network saw fat alone and called any loop there stomach or duodenum.
+    """
+    main, cv.rng = cv.rng, rng  # _blob and texture draw from the canvas's stream: lend it this one
+    try:
+        top = rng.uniform(0, 50)  # the flexures, above the kidneys' centre
+        frame = np.array([[-160, -0.05 * b, -0.72 * a], [top, -0.3 * b, -0.68 * a], [top - 15, -0.75 * b, -0.1 * a],
+                          [top + 20, -0.35 * b, 0.66 * a], [-160, -0.05 * b, 0.72 * a]])
+        t = np.linspace(0, len(frame) - 1, 24)
+        path = np.stack([np.interp(t, np.arange(len(frame)), frame[:, d]) for d in range(3)], 1) + rng.normal(0, 6, (len(t), 3))
+        _bowel_contents(cv, _tube(cv, path, rng.uniform(15, 26)), rng, stool=True)
+        for _ in range(int(rng.integers(6, 16))):
+            centre = (rng.uniform(-140, 40), rng.uniform(-0.75 * b, 0.15 * b), rng.uniform(-0.6 * a, 0.6 * a))
+            _bowel_contents(cv, _blob(cv, centre, rng.uniform(10, 20, 3), wobble=0.2), rng, stool=False)
+    finally:
+        cv.rng = main
+
+
+def _bowel_contents(cv: _Canvas, shape, rng: np.random.Generator, stool: bool) -> None:
+    """Paint a bowel segment over fat: gas pockets in stool (colon), or fluid, sometimes oral
+    contrast, with a gas bubble (small bowel)."""
+    if shape is None:
+        return
+    sl, mask, coords = shape
+    mask = mask & (cv.image[sl] > -200) & (cv.image[sl] < -50)
+    if stool:
+        mottle = cv.texture(coords, 1.0, waves=10, wavelength=(5.0, 20.0))
+        hu = np.where(mottle > rng.uniform(0.0, 0.8), -900.0, rng.uniform(-20, 60) + 25 * mottle)
+    else:
+        fluid = rng.uniform(150, 400) if rng.random() < 0.25 else rng.uniform(0, 40)
+        hu = np.where(cv.texture(coords, 1.0, waves=2) > 0.8, -950.0, fluid)
+    cv.paint(sl, mask, np.broadcast_to(hu, mask.shape).astype(np.float32), None)
+
+
 def _abdominal_organs(cv: _Canvas, a: float, b: float, phase: int, lesions: bool) -> None:
     """The 13 FLARE organs (and optional lesions), painted so neighbours overlap plausibly."""
     rng = cv.rng

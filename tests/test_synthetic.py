@@ -111,6 +111,22 @@ def test_back_muscles_replace_fat_behind_the_organs_only_when_asked(phantom):
     assert behind > 500 and in_front < 0.02 * behind, (behind, in_front)
 
 
+def test_bowel_fills_fat_around_the_organs_only_when_asked(phantom):
+    """``bowel``: colon and small-bowel loops (stool with gas, fluid, contrast) in the fat between
+    the organs, above the kidneys too, unlabelled; at 0 the phantom is the one drawn without it."""
+    path = LABEL_MAPS / "FLARE22_Tr_0001.nii.gz"
+    same = anatomy_phantom(path, seed=[5, 0], inplane=1.6, thickness=2.5, bowel=0.0)
+    assert np.array_equal(same.image, phantom.image)
+    with_bowel = anatomy_phantom(path, seed=[5, 0], inplane=1.6, thickness=2.5, bowel=1.0)
+    assert np.array_equal(with_bowel.labels, phantom.labels)
+    fat = (phantom.image > -200) & (phantom.image < -50) & (phantom.labels == 0)
+    filled = fat & ((with_bowel.image < -500) | (with_bowel.image > -20))  # gas, or stool, fluid, contrast
+    above_kidneys = np.arange(phantom.image.shape[0])[:, None, None] > np.argwhere(phantom.labels == 2)[:, 0].mean()
+    cm3 = float(np.prod(phantom.spacing)) / 1000
+    assert (filled & above_kidneys).sum() * cm3 > 100, (filled & above_kidneys).sum() * cm3
+    assert (with_bowel.image[filled] < -500).any() and (with_bowel.image[filled] > -20).any()
+
+
 def test_arms_beside_the_trunk_only_when_asked(phantom):
     """``arms``: a wider field of view with tissue and bone lateral to the body; at 0 the phantom is
     the one drawn without the option (their stream is separate)."""

@@ -56,7 +56,7 @@ def training_volume(seed: list[int], role: str, cfg: dict, intensity: dict) -> t
     if share and rng.random() < share:
         maps = label_map_files()  # the ten held-out maps never appear here
         ph = anatomy_phantom(maps[int(rng.integers(len(maps)))], seed, inplane=spacing[0], thickness=spacing[1], arms=float(ph_cfg.get("arms", 0.0)),
-                            muscles=float(ph_cfg.get("muscles", 0.0)))
+                            muscles=float(ph_cfg.get("muscles", 0.0)), bowel=float(ph_cfg.get("bowel", 0.0)))
     else:
         ph = generate(seed, fov=fov, spacing=spacing, size=ph_cfg["size"])
     image, labels = torch.from_numpy(ph.image), torch.from_numpy(ph.labels)
