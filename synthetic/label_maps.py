@@ -3,7 +3,8 @@
 The FLARE22 label maps (``../shared/data/labels_only/flare22``, research use only) give the 13 organs
 of real patients: shapes, sizes, positions, neighbourhoods. They carry no image and no body, so the
 geometric generator (``synthetic.phantoms``) supplies what surrounds the organs: fat, muscle wall,
-spine and ribs, lungs above the diaphragm, bowel, table. The map is first warped (patient size,
+spine and ribs, lungs above the diaphragm, bowel, table, and on request arms, the back's muscles and
+colon and small bowel between the organs. The map is first warped (patient size,
 in-plane rotation, smooth elastic deformation) onto a random scanner grid, the organs are rendered
 with randomised Hounsfield values and texture, and ``synthetic.randomise.scanner`` adds the scanner.
 """
