@@ -71,8 +71,8 @@ def test_default_weights_segment_an_unseen_phantom(unseen):
 def test_the_fine_model_gives_the_same_masks_in_one_pass_and_in_tiles(unseen, tmp_path):
     """The shipped fine model runs over the whole crop at once (``tiling: whole``), which is only
     sound for a network whose output does not depend on the input's extent (stored norm
-    statistics): its masks must be those of nnU-Net-style tiles. Measured 0.993 mean organ DSC
-    (every organ >= 0.984, 99.95 % of voxels equal; tiles see zeros past their own faces, which is
+    statistics): its masks must be those of nnU-Net-style tiles. Measured 0.992 mean organ DSC
+    (every organ >= 0.968, 99.95 % of voxels equal; tiles see zeros past their own faces, which is
     the difference); an instance-norm model loses 0.05-0.14 DSC in one pass."""
     image, _, pred_path = unseen
     spec = read_spec(WEIGHTS / "fine", "fine")
