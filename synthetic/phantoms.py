@@ -13,6 +13,7 @@ values follow a random contrast phase, with smooth texture and scanner noise.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,7 +297,8 @@ def _body(cv: _Canvas, a: float, b: float, fat: float, phase: int, arms: Arms | 
             cv.paint(sl_, m, np.broadcast_to(np.where(gas, -950.0, 25.0 + rng.normal(0, 8)), m.shape).astype(np.float32), None)
 
 
-def _back_muscles(sl: np.ndarray, back: Back, zk: float, sy: float, wall: float, ellipse, inside: np.ndarray, hu: float) -> None:
+def _back_muscles(sl: np.ndarray, back: Back, zk: float, sy: float, wall: float, ellipse: Callable[..., np.ndarray],
+                  inside: np.ndarray, hu: float) -> None:
     """One slice of the back's muscles (in place), within the trunk's muscle wall ``inside`` whose
     back edge lies at y = ``wall``."""
     ex, erx = back.erector
