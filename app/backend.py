@@ -131,6 +131,16 @@ def choose(engine: str, device: str, precision: str = "auto") -> Placement:
     return Placement(engine, device, precision)
 
 
+def coarse_placement(placement: Placement) -> Placement:
+    """The coarse model's placement: the fine model's, but FP32 where that is BF16.
+
+    Why: the coarse output is a box, and every mask follows it; BF16's 8-bit mantissa moved the
+    box of a real 40 mm slab by a few rows (and the grown box with it), which moved the slab's small
+    organs more than BF16 moves them in the fine model. The coarse pass is a small part of the time.
+    """
+    return replace(placement, precision="fp32") if placement.precision == "bf16" else placement
+
+
 class Backend(ABC):
     """``tile -> logits`` on one engine, device and precision."""
 

@@ -204,7 +204,7 @@ class Engine:
     """Models loaded once, applied case by case."""
 
     def __init__(self, coarse_spec: ModelSpec | None, fine_spec: ModelSpec, options: Options, stages: Stages | None = None) -> None:
-        from .backend import choose, pick_device
+        from .backend import choose, coarse_placement, pick_device
         from .model import load_model
 
         self.options = options
@@ -214,7 +214,7 @@ class Engine:
             if options.tiling != "model":
                 fine_spec = replace(fine_spec, tiling=options.tiling)
             auto = options.backend == "auto"
-            self.coarse = load_model(coarse_spec, placement, auto) if coarse_spec else None
+            self.coarse = load_model(coarse_spec, coarse_placement(placement), auto) if coarse_spec else None
             self.fine = load_model(fine_spec, placement, auto)
         except WeightsError as e:  # BackendError is one too
             raise SetupError(str(e)) from None
