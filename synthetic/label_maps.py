@@ -90,6 +90,12 @@ def _body_frame(labels: np.ndarray, spacing: tuple[float, float, float]) -> tupl
     return -np.array([z0, y0, x0]), float(a), float(b)  # voxel 0 sits at the grid's corner
 
 
+def _own_stream(seed: int | list[int], tag: int) -> np.random.Generator:
+    """A random stream of the phantom's seed plus ``tag``: an optional part drawn from it leaves the
+    main stream, and so the rest of the phantom, as it is without that part."""
+    return np.random.default_rng([*np.atleast_1d(seed).tolist(), tag])
+
+
 def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = None, thickness: float | None = None,
                     lesions: bool = True, deform: bool = True, arms: float = 0.0, muscles: float = 0.0,
                     bowel: float = 0.0) -> Phantom:
@@ -101,9 +107,7 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     Each is drawn from a stream of its own, so the rest of the phantom does not depend on it.
     """
     rng = np.random.default_rng(seed)
-    arm_rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), 0xA125])
-    back_rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), 0xBAC4])
-    bowel_rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), 0xB0E1])
+    arm_rng, back_rng, bowel_rng = (_own_stream(seed, tag) for tag in (0xA125, 0xBAC4, 0xB0E1))
     labels, spacing = read_label_map(path)
     present = np.flatnonzero(labels.any(axis=(1, 2)))  # slices holding an organ
     pad = int(rng.uniform(10, 60) / spacing[0])  # some scans reach far below the organs: keep the abdomen
