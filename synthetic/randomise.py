@@ -2,10 +2,11 @@
 
 SynthSeg (Billot et al., 2023) trains on label maps rendered with random intensities so that the
 network keeps only shape and context; here the draws stay near CT physics: per-tissue Hounsfield
-means around real values in every contrast phase (native, arterial, portal venous, delayed), then
-the scanner: slice profile and reconstruction blur (partial volume), a smooth bias, correlated
-noise, metal with its streaks, and a truncated reconstruction circle. Pure functions of an image,
-its spacing and a ``numpy`` generator.
+means around real values in every contrast phase (native, arterial, portal venous, delayed), or on
+request drawn freely for every organ, then the scanner: slice profile and reconstruction blur
+(partial volume), a smooth bias, correlated noise, metal with its streaks, a truncated
+reconstruction circle, and on request an archive copy's lower in-plane resolution. Pure functions
+of an image, its spacing and a ``numpy`` generator.
 """
 
 from __future__ import annotations
@@ -30,6 +31,32 @@ TISSUE_HU: dict[str, tuple[tuple[float, float, float, float], float]] = {
 def tissue_values(rng: np.random.Generator, phase: int) -> dict[str, float]:
     """One draw of every tissue's mean HU for contrast phase ``phase`` (index into PHASES)."""
     return {name: float(rng.normal(means[phase], spread)) for name, (means, spread) in TISSUE_HU.items()}
+
+
+ORGAN_TISSUES = ("liver", "spleen", "kidney", "pancreas", "aorta", "ivc", "adrenal", "gallbladder", "esophagus",
+                 "stomach_wall", "duodenum_wall")
+
+
+def free_contrast(hu: dict[str, float], rng: np.random.Generator, span: tuple[float, float] = (-20.0, 220.0)) -> dict[str, float]:
+    """``hu`` with every organ's mean drawn anywhere in ``span``, each on its own (SynthSeg's draw,
+    kept to soft tissue and contrast): fat, muscle and the rest stay as drawn.
+
+    Why: drawn near real values, an organ's brightness alone often names it; real scans break that
+    (an IVC as bright as the liver around it, a fatty pancreas near 0 HU, a native scan's kidneys
+    below the spleen), and a network that saw free contrasts has to read shape and neighbours.
+    """
+    return {**hu, **{name: float(rng.uniform(*span)) for name in ORGAN_TISSUES}}
+
+
+def soften(image: np.ndarray, spacing: tuple[float, float, float], rng: np.random.Generator,
+           sigma_mm: tuple[float, float] = (0.6, 1.4)) -> np.ndarray:
+    """A scan kept at a lower in-plane resolution than it was acquired (an archive copy at 2-3 mm
+    voxels, resampled back): in-plane blur over edges and noise alike. int16 in, int16 out."""
+    from scipy import ndimage
+
+    sigma = rng.uniform(*sigma_mm)
+    out = ndimage.gaussian_filter(image.astype(np.float32), (0, sigma / spacing[1], sigma / spacing[2]), mode="nearest")
+    return np.rint(out).astype(np.int16)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from synthetic.label_maps import HOLD_OUT, LABEL_MAPS, anatomy_phantom, label_map_files, read_label_map
-from synthetic.randomise import PHASES, TISSUE_HU, scanner, slice_profile, smooth_field, tissue_values, truncate_field_of_view
+from synthetic.randomise import (ORGAN_TISSUES, PHASES, TISSUE_HU, free_contrast, scanner, slice_profile, smooth_field, soften,
+                                 tissue_values, truncate_field_of_view)
 
 
 def test_the_label_maps_are_there_and_ten_are_held_out():
@@ -140,3 +141,47 @@ def test_arms_beside_the_trunk_only_when_asked(phantom):
     runs = np.flatnonzero(np.diff(tissue.astype(int)))  # left arm, trunk, right arm: three runs of tissue
     assert len(runs) >= 5 and row.max() > 500  # and the humerus's bone
     assert np.array_equal(np.unique(armed.labels), np.unique(phantom.labels))  # arms carry no label
+
+
+def test_vessels_run_beside_and_inside_the_organs_only_when_asked(phantom):
+    """``vessels``: tubes over unlabelled tissue (splenic vein behind the pancreas, portal and renal
+    veins, SMA) and over the liver (hepatic veins, portal branches), never over another organ; the
+    labels are the same, and at 0 the phantom is the one drawn without the option."""
+    from scipy import ndimage
+
+    path = LABEL_MAPS / "FLARE22_Tr_0001.nii.gz"
+    same = anatomy_phantom(path, seed=[5, 0], inplane=1.6, thickness=2.5, vessels=0.0)
+    assert np.array_equal(same.image, phantom.image)
+    veined = anatomy_phantom(path, seed=[5, 0], inplane=1.6, thickness=2.5, vessels=1.0)
+    assert np.array_equal(veined.labels, phantom.labels)
+    changed = np.abs(veined.image.astype(int) - phantom.image) > 30  # the noise is the same draw: only the vessels differ
+    cm3 = float(np.prod(phantom.spacing)) / 1000
+    outside, in_liver = changed & (phantom.labels == 0), changed & (phantom.labels == 1)
+    other = changed & (phantom.labels > 1)  # blur carries a vessel's edge a voxel into its neighbours, no further
+    assert outside.sum() * cm3 > 5 and in_liver.sum() * cm3 > 2, (outside.sum() * cm3, in_liver.sum() * cm3)
+    assert other.sum() < 0.02 * changed.sum(), (other.sum(), changed.sum())
+    pancreas = phantom.labels == 4
+    behind = ndimage.binary_dilation(pancreas, np.ones((1, 7, 1), bool), origin=(0, -3, 0)) & ~pancreas  # 0-6 voxels posterior (+y)
+    assert (outside & behind).sum() * cm3 > 0.5  # the splenic vein along its back
+
+
+def test_free_contrast_draws_every_organ_anywhere_and_keeps_the_rest():
+    hu = tissue_values(np.random.default_rng(0), PHASES.index("venous"))
+    draws = [free_contrast(hu, np.random.default_rng(k)) for k in range(200)]
+    for name in ORGAN_TISSUES:
+        values = np.array([d[name] for d in draws])
+        assert values.min() >= -20 and values.max() <= 220 and values.std() > 50  # spread over the span
+    assert all(d["fat"] == hu["fat"] and d["muscle"] == hu["muscle"] for d in draws)
+    liver, ivc = (np.array([d[n] for d in draws]) for n in ("liver", "ivc"))
+    assert abs(np.corrcoef(liver, ivc)[0, 1]) < 0.25 and (np.abs(liver - ivc) < 15).mean() > 0.05  # often isodense
+
+
+def test_soften_blurs_in_plane_only():
+    rng = np.random.default_rng(1)
+    image = np.zeros((4, 64, 64), np.int16)
+    image[1::2] = 100  # slices alternate: a blur along z would mix them
+    image += rng.normal(0, 20, image.shape).astype(np.int16)
+    out = soften(image, (2.0, 0.8, 0.8), np.random.default_rng(2))
+    assert out.dtype == np.int16 and out.shape == image.shape
+    assert out[1::2].mean() - out[::2].mean() > 95  # slices kept apart
+    assert out[0, 8:56, 8:56].std() < 0.5 * image[0, 8:56, 8:56].std()  # noise averaged in-plane
