@@ -31,7 +31,7 @@ from app.convert.tensors import save_model
 from app.model import normalized
 from app.resample import resize_image, resize_labels
 from app.unet import UNet3D, UNetConfig, count_macs, count_parameters
-from synthetic.label_maps import anatomy_phantom, label_map_files
+from synthetic.label_maps import ANATOMY_OPTIONS, anatomy_phantom, label_map_files
 from synthetic.phantoms import generate
 
 LABEL_NAMES = {"0": "background", **{str(i): n for i, n in FLARE_LABELS.items()}}
@@ -55,8 +55,8 @@ def training_volume(seed: list[int], role: str, cfg: dict, intensity: dict) -> t
     share = float(ph_cfg.get("label_maps", 0.0))  # real FLARE22 anatomy in a synthetic body, this share of the time
     if share and rng.random() < share:
         maps = label_map_files()  # the ten held-out maps never appear here
-        ph = anatomy_phantom(maps[int(rng.integers(len(maps)))], seed, inplane=spacing[0], thickness=spacing[1], arms=float(ph_cfg.get("arms", 0.0)),
-                            muscles=float(ph_cfg.get("muscles", 0.0)), bowel=float(ph_cfg.get("bowel", 0.0)))
+        chances = {name: float(ph_cfg.get(name, 0.0)) for name in ANATOMY_OPTIONS}
+        ph = anatomy_phantom(maps[int(rng.integers(len(maps)))], seed, inplane=spacing[0], thickness=spacing[1], **chances)
     else:
         ph = generate(seed, fov=fov, spacing=spacing, size=ph_cfg["size"])
     image, labels = torch.from_numpy(ph.image), torch.from_numpy(ph.labels)
