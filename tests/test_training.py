@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from app.backend import Placement
@@ -213,3 +214,20 @@ def test_the_recipe_with_nnunet_augmentation_is_repeatable(tmp_path):
     a = load_file(tmp_path / "a" / "coarse" / "model.safetensors")
     b = load_file(tmp_path / "b" / "coarse" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_recipe_names_only_known_phantom_settings_and_a_misspelt_one_is_refused(tmp_path):
+    """A misspelt chance ("vessel") would be read as 0: the run would train without what its config
+    asks for, silently; the recipe refuses it at start."""
+    from training.train import check_recipe, main
+
+    configs = sorted(RECIPE.parent.glob("config*.json"))
+    assert len(configs) >= 7
+    for path in configs:
+        check_recipe(json.loads(path.read_text()))
+    recipe = json.loads((RECIPE.parent / "config_anatomy_vessels.json").read_text())
+    recipe["fine"]["phantoms"]["vessel"] = recipe["fine"]["phantoms"].pop("vessels")
+    (tmp_path / "typo.json").write_text(json.dumps(recipe))
+    with pytest.raises(ValueError, match="'vessel'"):
+        main(["--config", str(tmp_path / "typo.json"), "--out", str(tmp_path / "w"), "--role", "fine", "--steps", "1"])
+    assert not (tmp_path / "w").exists()

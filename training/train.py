@@ -38,6 +38,19 @@ LABEL_NAMES = {"0": "background", **{str(i): n for i, n in FLARE_LABELS.items()}
 BINARY_NAMES = {"0": "background", "1": "foreground"}  # a coarse model only has to find the organs
 
 
+# What a role's "phantoms" may hold; training_volume reads these and no other.
+PHANTOM_KEYS = frozenset({"fovs", "inplane", "thickness", "size", "label_maps", "slab", "roi_margin_mm", *ANATOMY_OPTIONS})
+
+
+def check_recipe(recipe: dict) -> None:
+    """Refuse a phantom setting the recipe does not know: a misspelt chance would be read as 0 and
+    the run would train on other data than its config says, with nothing to show it."""
+    for role in ("coarse", "fine"):
+        unknown = set(recipe[role]["phantoms"]) - PHANTOM_KEYS
+        if unknown:
+            raise ValueError(f"{role}.phantoms: unknown setting(s) {sorted(unknown)}; known: {sorted(PHANTOM_KEYS)}")
+
+
 def label_names(cfg: dict) -> dict[str, str]:
     return BINARY_NAMES if cfg.get("binary") else LABEL_NAMES
 
@@ -324,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--init", type=Path, default=None, help="start from the weights in INIT/<role>/ (fine-tuning) instead of random ones")
     args = ap.parse_args(argv)
     recipe = json.loads(args.config.read_text())
+    check_recipe(recipe)
     for role in ("coarse", "fine") if args.role == "both" else (args.role,):
         cfg = recipe[role]
         if args.steps:
