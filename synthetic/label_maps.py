@@ -4,9 +4,10 @@ The FLARE22 label maps (``../shared/data/labels_only/flare22``, research use onl
 of real patients: shapes, sizes, positions, neighbourhoods. They carry no image and no body, so the
 geometric generator (``synthetic.phantoms``) supplies what surrounds the organs: fat, muscle wall,
 spine and ribs, lungs above the diaphragm, bowel, table, and on request arms, the back's muscles,
-colon and small bowel between the organs, and the unlabelled vessels around them. The map is first warped (patient size,
-in-plane rotation, smooth elastic deformation) onto a random scanner grid, the organs are rendered
-with randomised Hounsfield values and texture, and ``synthetic.randomise.scanner`` adds the scanner.
+colon and small bowel between the organs, and the unlabelled vessels around them. The map is first
+warped (patient size, in-plane rotation, smooth elastic deformation) onto a random scanner grid, the
+organs are rendered with randomised Hounsfield values and texture, and ``synthetic.randomise.scanner``
+adds the scanner.
 """
 
 from __future__ import annotations
