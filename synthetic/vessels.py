@@ -113,6 +113,8 @@ def _renal_vessels(cv: _Canvas, labels: np.ndarray, kidney: np.ndarray, ivc: np.
     if len(kidney) < 50:
         return
     level = _near(kidney, 0, float(kidney[:, 0].mean()), 10)
+    if not len(level):  # no kidney near its mean level (a map cut through it, two pieces)
+        return
     hilum = level[np.argmin(level[:, 2])] if left else level[np.argmax(level[:, 2])]  # its medial edge
     target = _near(ivc, 0, float(hilum[0]), 15)
     if not len(target):

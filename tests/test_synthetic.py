@@ -185,3 +185,21 @@ def test_soften_blurs_in_plane_only():
     assert out.dtype == np.int16 and out.shape == image.shape
     assert out[1::2].mean() - out[::2].mean() > 95  # slices kept apart
     assert out[0, 8:56, 8:56].std() < 0.5 * image[0, 8:56, 8:56].std()  # noise averaged in-plane
+
+
+def test_vessels_skip_what_a_map_lacks():
+    """A map with only some organs (a kidney in two pieces far apart, no pancreas, no liver) gets
+    the vessels it can have and no error: a training run must not stop on an odd map."""
+    from synthetic.phantoms import _Canvas
+    from synthetic.vessels import abdominal_vessels
+
+    labels = np.zeros((40, 60, 60), np.uint8)
+    labels[:, 28:34, 28:34] = 5  # aorta
+    labels[:, 28:34, 18:24] = 6  # IVC
+    labels[2:6, 30:40, 5:12] = 2  # right kidney: two pieces, nothing near its middle level
+    labels[34:38, 30:40, 5:12] = 2
+    cv = _Canvas(labels.shape, (2.5, 2.0, 2.0), (0.0, 0.0, 0.0), np.random.default_rng(0))
+    cv.image[:] = -100.0
+    before = cv.image.copy()
+    abdominal_vessels(cv, labels, 2, 160.0, np.random.default_rng(1))
+    assert np.array_equal(cv.image[labels > 0], before[labels > 0])  # no organ painted
