@@ -50,6 +50,25 @@ def test_real_anatomy_phantoms_feed_the_recipe(tmp_path):
     assert image.shape == labels.shape and float(image.std()) > 0.1
 
 
+def test_mirrored_bodies_swap_sides_and_keep_every_other_draw():
+    """``phantoms.mirror``: that share of volumes has left and right swapped with the organs' names
+    kept (the liver on the left); the rest, and every draw before it, are the volumes without it."""
+    from training.train import training_volume
+
+    recipe = json.loads(RECIPE.read_text())
+    cfg = recipe["fine"]
+    cfg["phantoms"].update(size=96, inplane=[2.0, 2.0], thickness=[5.0, 5.0], label_maps=1.0)
+    plain = training_volume([7, 1], "fine", cfg, recipe["intensity"])
+    cfg["phantoms"]["mirror"] = 1.0
+    flipped = training_volume([7, 1], "fine", cfg, recipe["intensity"])
+    assert all(torch.equal(a.flip(-1), b) for a, b in zip(plain, flipped))
+    width = plain[1].shape[-1]
+    liver = [float(np.argwhere(v[1].numpy() == 1)[:, 2].mean()) / width for v in (plain, flipped)]
+    assert liver[0] < 0.5 < liver[1]  # LPS x grows to the patient's left: the liver moved there
+    cfg["phantoms"]["mirror"] = 0.0
+    assert all(torch.equal(a, b) for a, b in zip(plain, training_volume([7, 1], "fine", cfg, recipe["intensity"])))
+
+
 def test_warm_restart_cycles_resume_to_the_same_tensors(tmp_path):
     """A finished cycle's checkpoint stands in for re-running it: resumed and uninterrupted runs agree."""
     import shutil

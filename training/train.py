@@ -39,7 +39,7 @@ BINARY_NAMES = {"0": "background", "1": "foreground"}  # a coarse model only has
 
 
 # What a role's "phantoms" may hold; training_volume reads these and no other.
-PHANTOM_KEYS = frozenset({"fovs", "inplane", "thickness", "size", "label_maps", "slab", "roi_margin_mm", *ANATOMY_OPTIONS})
+PHANTOM_KEYS = frozenset({"fovs", "inplane", "thickness", "size", "label_maps", "slab", "roi_margin_mm", "mirror", *ANATOMY_OPTIONS})
 
 
 def check_recipe(recipe: dict) -> None:
@@ -86,7 +86,20 @@ def training_volume(seed: list[int], role: str, cfg: dict, intensity: dict) -> t
     if cfg.get("binary"):
         labels = (labels > 0).to(torch.uint8)
     target = resampled_shape(tuple(image.shape), ph.spacing, tuple(cfg["input"]["spacing"]))
-    return resize_image(normalise(image, intensity), target), resize_labels(labels, target)  # type: ignore[arg-type]
+    image, labels = resize_image(normalise(image, intensity), target), resize_labels(labels, target)  # type: ignore[arg-type]
+    mirror = float(ph_cfg.get("mirror", 0.0))  # drawn last, so a recipe without it keeps every other draw
+    return mirrored(image, labels) if mirror and rng.random() < mirror else (image, labels)
+
+
+def mirrored(image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The body with its left and right swapped, every organ keeping its name (``phantoms.mirror``).
+
+    Public scans come with headers that swap left and right; in such a file the liver lies on the
+    left. A model trained on mirrored bodies too must tell organs apart by what they look like and
+    what lies beside them, not by their side: the kidney beside the liver stays the right kidney,
+    as a reader names it in a mirrored image.
+    """
+    return image.flip(-1), labels.flip(-1)
 
 
 class PatchSampler:
