@@ -88,3 +88,11 @@ def orientation_from_direction(direction: np.ndarray, target: str = "LPS") -> Or
     perm = tuple(int(a) for a in best)  # perm[k] = numpy axis that becomes layout axis k
     flips = tuple(k for k in range(3) if dot[perm[k], k] < 0)
     return Orientation(perm=perm, flips=flips)  # type: ignore[arg-type]
+
+
+def patient_left_steps(direction: tuple[float, ...], layout: Orientation, spacing: tuple[float, float, float]) -> tuple[float, float, float]:
+    """How far one index step along each axis of ``layout`` (a scan's array laid out, with that
+    layout's ``spacing``) moves towards the patient's left (LPS x), in mm: where organs lie, read
+    from a mask in any layout."""
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    return tuple((-1.0 if k in layout.flips else 1.0) * float(d[0, 2 - layout.perm[k]]) * float(spacing[k]) for k in range(3))  # type: ignore[return-value]

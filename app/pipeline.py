@@ -15,8 +15,9 @@ import numpy as np
 
 from .geometry import Box, bounding_box, cut_faces, grow_faces, intersect
 from .labels import ORGANS
+from .laterality import organs_right_of_liver
 from .nifti import Scan, ScanError, check_writable, find_scans, output_collisions, output_path, read_scan, remove_stale_temps, write_mask
-from .orientation import Orientation
+from .orientation import Orientation, patient_left_steps
 from .progress import Progress, seconds_since_process_start
 from .weights import ModelSpec, WeightsError, read_spec
 
@@ -35,7 +36,7 @@ class SetupError(Exception):
 class Options:
     weights: Path = DEFAULT_WEIGHTS
     device: str = "auto"
-    precision: str = "auto"  # auto (FP16 on CUDA, FP32 on the CPU) | fp32 | fp16 | bf16
+    precision: str = "auto"  # auto (FP16 on CUDA; BF16 on CPUs that run it natively, else FP32) | fp32 | fp16 | bf16
     margin_mm: float = 20.0
     roi_gap_mm: float = 60.0  # coarse blobs farther than this from the main organ cluster stay out of the ROI
     roi_grow: int = 2  # times the ROI may grow where the fine model's organs reach its faces (0: never)
@@ -275,18 +276,22 @@ class Engine:
             log.info("%s: organs reach %d face(s) of the ROI; segmenting a grown ROI (%d of at most %d)", name, len(faces), grown, opts.roi_grow)
             labels_np, found = self._segment_box(view, box, spacing, name, watch)
         with watch.stage("cleanup"):
+            mirrored = organs_right_of_liver(labels_np, patient_left_steps(scan.geometry.direction, layout, spacing))
             mask = np.zeros(shape, dtype=np.uint8)
             mask[box.slices] = labels_np
             mask = layout.from_canonical(mask)
         if not found:
             log.warning("%s: the fine model found no organ; writing an empty mask", name)
+        if mirrored:
+            log.warning("%s: %s to the patient's right of the liver: the header may swap left and right; organs are named "
+                        "where a normal body has them, so this mask may name them wrongly", name, ", ".join(f"{n} {d:.0f} mm" for n, d in mirrored.items()))
         with watch.stage("write"):
             out_path = output_path(out_dir, scan.path)
             write_mask(mask, scan.geometry, out_path)
             if opts.preview is not None:
                 _write_preview(scan, mask, opts.preview / out_path.name.replace(".nii.gz", ".png"))
         info = {"device": str(self.device), "backend": str(self.fine.placement), "roi_box": [list(box.start), list(box.stop)], "roi_fraction": round(float(np.prod(box.shape)) / float(np.prod(shape)), 4),
-                "roi_grown": grown, "labels": found}
+                "roi_grown": grown, "labels": found, "right_of_liver": mirrored}
         return CaseResult(name, ok=True, timings=watch.times, info=info)
 
     def _segment_box(self, view: np.ndarray, box: Box, spacing: tuple[float, float, float], name: str, watch: Stopwatch) -> tuple[np.ndarray, list[int]]:
