@@ -47,7 +47,7 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
                    help="engine for the networks (default auto: the fastest measured for the device)")
     p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
-                   help="auto: FP16 on CUDA, FP32 on the CPU; bf16: OpenVINO on CPUs with BF16 instructions (faster, masks drift a little)")
+                   help="auto: FP16 on CUDA; on the CPU BF16 where OpenVINO runs it natively (avx512_bf16, AMX), else FP32; fp32: the same masks on every CPU")
     p.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="same as --precision fp32")
     p.add_argument("--timings", type=Path, default=None, help="append per-case stage timings here as JSON lines")
     p.add_argument("--margin-mm", type=float, default=20.0, help="safety margin around the coarse ROI (default 20 mm)")

@@ -39,8 +39,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "weights"
 
 
-def test_choice_follows_the_measurement():
-    assert choose("auto", "cpu") == Placement("openvino", "cpu", "fp32")
+def test_choice_follows_the_measurement(monkeypatch):
+    import app.backend
+
+    for native, default in ((True, "bf16"), (False, "fp32")):  # BF16 only where the CPU runs it natively
+        monkeypatch.setattr(app.backend, "cpu_has_bf16", lambda native=native: native)
+        assert choose("auto", "cpu") == Placement("openvino", "cpu", default)
+        assert choose("openvino", "cpu") == Placement("openvino", "cpu", default)
+        assert choose("openvino", "cpu", "fp32") == Placement("openvino", "cpu", "fp32")
+        assert choose("torch", "cpu") == Placement("torch", "cpu", "fp32")
+        assert choose("onnxruntime", "cpu") == Placement("onnxruntime", "cpu", "fp32")
+    monkeypatch.undo()
     assert choose("auto", "cuda") == Placement("torch", "cuda", "fp16")
     assert choose("auto", "cuda", "fp32") == Placement("torch", "cuda", "fp32")
     assert choose("onnxruntime", "cpu", "fp16") == Placement("onnxruntime", "cpu", "fp16")
