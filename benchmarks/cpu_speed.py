@@ -6,6 +6,9 @@ Prints per scan the medians of the repeats (process wall time, the stages from `
 peak RSS) and the speed-up, then each engine's mean organ DSC against the phantoms' labels and
 the agreement of the masks on the real scans in ../shared/data/ct (labelled or not): the current
 engine against the earlier commit, and each ``--precision`` run against the current default.
+Last, the engine alone: the earlier commit's own weights run by the current engine (with the
+shipped models' run settings, such as one pass instead of tiles, and default precision) against
+the earlier commit, so a change of weights since then does not hide what the engine changed.
 
 Usage: python -m benchmarks.cpu_speed [--baseline b50d041] [--repeats 3] [--out bench/cpu_speed] [--weights DIR] [--precision bf16]
 """
@@ -53,6 +56,23 @@ def predict(code: Path, image: Path, out: Path, extra: tuple[str, ...] = ()) -> 
     return {"wall": wall, "rss": usage.ru_maxrss / 1024, **json.loads(timings.read_text().splitlines()[0])}
 
 
+def weights_for_current_engine(baseline: Path, out: Path) -> Path:
+    """The baseline checkout's weights with the shipped configs' ``input`` settings (tiling and the
+    like; the networks' spacing and patch are the same) and an ONNX export, for the current engine."""
+    for role in ("coarse", "fine"):
+        shutil.rmtree(out / role, ignore_errors=True)
+        (out / role).mkdir(parents=True)
+        cfg = json.loads((baseline / "weights" / role / "config.json").read_text())
+        shipped = json.loads((REPO / "weights" / role / "config.json").read_text())["input"]
+        if (shipped["spacing"], shipped["patch_size"]) != (cfg["input"]["spacing"], cfg["input"]["patch_size"]):
+            raise SystemExit(f"{role}: the shipped model's grid differs from the baseline's; its settings do not carry over")
+        cfg["input"] = {**cfg["input"], **shipped}
+        (out / role / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
+        shutil.copy(baseline / "weights" / role / "model.safetensors", out / role)
+    subprocess.run([sys.executable, "-m", "app", "export-onnx", "--weights", str(out)], cwd=REPO, check=True, capture_output=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", default="b50d041", help="the commit to compare against")
@@ -74,6 +94,8 @@ def main() -> None:
     engines = {args.baseline: baseline, "current": REPO, **{f"current {p}": REPO for p in args.precision}}
     weights = ("--weights", str(args.weights.resolve())) if args.weights else ()
     extra = {args.baseline: (), "current": weights, **{f"current {p}": (*weights, "--precision", p) for p in args.precision}}
+    same = f"current, {args.baseline} weights"  # masks only: the engine's change with the weights held fixed
+    extra[same] = ("--weights", str(weights_for_current_engine(baseline, root / "baseline-weights")))
     scans = root / "scans"
     for name, (seed, fov, slices, spacing) in {**TIMED, **SCORED}.items():
         image = scans / f"{name}_0000.nii.gz"
@@ -92,7 +114,7 @@ def main() -> None:
         real = {p.name.replace("_0000.nii.gz", ""): p for folder in REAL for p in sorted((SHARED / folder).glob("*_0000.nii.gz"))}
         for name in [*SCORED, *real]:
             image = scans / f"{name}_0000.nii.gz" if name in SCORED else real[name]
-            for engine, code in engines.items():
+            for engine, code in {**engines, same: REPO}.items():
                 predict(code, image, root / "runs" / engine / name, extra[engine])
                 masks[name, engine] = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "runs" / engine / name / "masks" / f"{name}.nii.gz")))
     finally:
@@ -119,6 +141,14 @@ def main() -> None:
     print(f"\n| real scan | {' | '.join(f'mean organ DSC of {a} against {b}' for a, b in pairs)} |\n|---|" + "---|" * len(pairs))
     for name in (n for n, e in masks if e == cur and n not in SCORED):
         print(f"| {name} | {' | '.join(f'{mean_organ_dice(masks[name, a], masks[name, b]):.4f}' for a, b in pairs)} |")
+    print(f"\n| engine alone: {base}'s weights | mean organ DSC, {base} | mean organ DSC, {same} | difference, or agreement of the masks |\n|---|---|---|---|")
+    for name in (n for n, e in masks if e == same):
+        if name in SCORED:
+            ref = sitk.GetArrayFromImage(sitk.ReadImage(str(scans / "labels" / f"{name}.nii.gz")))
+            a, b = mean_organ_dice(masks[name, base], ref), mean_organ_dice(masks[name, same], ref)
+            print(f"| {name} | {a:.4f} | {b:.4f} | {b - a:+.4f} |")
+        else:
+            print(f"| {name} | - | - | {mean_organ_dice(masks[name, same], masks[name, base]):.4f} |")
     if args.out is None:
         shutil.rmtree(root, ignore_errors=True)
 
