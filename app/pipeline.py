@@ -276,22 +276,22 @@ class Engine:
             log.info("%s: organs reach %d face(s) of the ROI; segmenting a grown ROI (%d of at most %d)", name, len(faces), grown, opts.roi_grow)
             labels_np, found = self._segment_box(view, box, spacing, name, watch)
         with watch.stage("cleanup"):
-            mirrored = organs_right_of_liver(labels_np, patient_left_steps(scan.geometry.direction, layout, spacing))
+            right_of_liver = organs_right_of_liver(labels_np, patient_left_steps(scan.geometry.direction, layout, spacing))
             mask = np.zeros(shape, dtype=np.uint8)
             mask[box.slices] = labels_np
             mask = layout.from_canonical(mask)
         if not found:
             log.warning("%s: the fine model found no organ; writing an empty mask", name)
-        if mirrored:
+        if right_of_liver:
             log.warning("%s: %s to the patient's right of the liver: the header may swap left and right; organs are named "
-                        "where a normal body has them, so this mask may name them wrongly", name, ", ".join(f"{n} {d:.0f} mm" for n, d in mirrored.items()))
+                        "where a normal body has them, so this mask may name them wrongly", name, ", ".join(f"{n} {d:.0f} mm" for n, d in right_of_liver.items()))
         with watch.stage("write"):
             out_path = output_path(out_dir, scan.path)
             write_mask(mask, scan.geometry, out_path)
             if opts.preview is not None:
                 _write_preview(scan, mask, opts.preview / out_path.name.replace(".nii.gz", ".png"))
         info = {"device": str(self.device), "backend": str(self.fine.placement), "roi_box": [list(box.start), list(box.stop)], "roi_fraction": round(float(np.prod(box.shape)) / float(np.prod(shape)), 4),
-                "roi_grown": grown, "labels": found, "right_of_liver": mirrored}
+                "roi_grown": grown, "labels": found, "right_of_liver": right_of_liver}
         return CaseResult(name, ok=True, timings=watch.times, info=info)
 
     def _segment_box(self, view: np.ndarray, box: Box, spacing: tuple[float, float, float], name: str, watch: Stopwatch) -> tuple[np.ndarray, list[int]]:

@@ -6,9 +6,9 @@ Prints per scan the medians of the repeats (process wall time, the stages from `
 peak RSS) and the speed-up, then each engine's mean organ DSC against the phantoms' labels and
 the agreement of the masks on the real scans in ../shared/data/ct (labelled or not): the current
 engine against the earlier commit, and each ``--precision`` run against the current default.
-Last, the engine alone: the earlier commit's own weights run by the current engine (with the
-shipped models' run settings, such as one pass instead of tiles, and default precision) against
-the earlier commit, so a change of weights since then does not hide what the engine changed.
+Last, the engine alone: the earlier commit's own weights, configs as they were, run by the
+current engine (default backend and precision) against the earlier commit, so that a change of
+weights since then does not hide what the rest of the engine changed.
 
 Usage: python -m benchmarks.cpu_speed [--baseline b50d041] [--repeats 3] [--out bench/cpu_speed] [--weights DIR] [--precision bf16]
 """
@@ -57,18 +57,14 @@ def predict(code: Path, image: Path, out: Path, extra: tuple[str, ...] = ()) -> 
 
 
 def weights_for_current_engine(baseline: Path, out: Path) -> Path:
-    """The baseline checkout's weights with the shipped configs' ``input`` settings (tiling and the
-    like; the networks' spacing and patch are the same) and an ONNX export, for the current engine."""
+    """The baseline checkout's weights, configs as they were (their tiles: one pass is only sound
+    for networks with stored norm statistics, which the baseline's are not), with an ONNX export
+    for the current engine's backends."""
     for role in ("coarse", "fine"):
         shutil.rmtree(out / role, ignore_errors=True)
         (out / role).mkdir(parents=True)
-        cfg = json.loads((baseline / "weights" / role / "config.json").read_text())
-        shipped = json.loads((REPO / "weights" / role / "config.json").read_text())["input"]
-        if (shipped["spacing"], shipped["patch_size"]) != (cfg["input"]["spacing"], cfg["input"]["patch_size"]):
-            raise SystemExit(f"{role}: the shipped model's grid differs from the baseline's; its settings do not carry over")
-        cfg["input"] = {**cfg["input"], **shipped}
-        (out / role / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
-        shutil.copy(baseline / "weights" / role / "model.safetensors", out / role)
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy(baseline / "weights" / role / name, out / role)
     subprocess.run([sys.executable, "-m", "app", "export-onnx", "--weights", str(out)], cwd=REPO, check=True, capture_output=True)
     return out
 
