@@ -106,16 +106,17 @@ def shares_the_machine() -> bool:
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
-def choose(engine: str, device: str, precision: str = "auto") -> Placement:
+def choose(engine: str, device: str, precision: str = "auto", cpu_precision: str = "fp32") -> Placement:
     """The placement for ``--backend ENGINE --device DEVICE --precision PRECISION``.
 
     ``auto`` follows the measurements in benchmarks/README.md ("Backends", "BF16 on the CPU"):
-    OpenVINO on the CPU, torch on CUDA (the only GPU path measured so far); FP16 on CUDA, and on the
-    CPU BF16 where OpenVINO runs it natively (avx512_bf16 or AMX: 1.2-1.4x faster per case, masks
-    >= 0.99 mean organ DSC of FP32's on every real scan), else FP32. So the default masks of two CPUs
-    may differ a little, as FP16's on a GPU differ from FP32's; ``fp32`` gives the same masks on
-    every CPU. Also possible: the FP16 graph through onnxruntime on the CPU (to check the GPU's
-    graph where no GPU is).
+    OpenVINO on the CPU, torch on CUDA (the only GPU path measured so far); FP16 on CUDA; on the CPU
+    the model's own ``cpu_precision`` (config.json ``input.cpu_precision``): ``bf16`` where BF16 was
+    measured to keep that model's masks (the shipped fine model: 1.2-1.4x faster per case, >= 0.99
+    mean organ DSC of FP32's on every real scan), run where OpenVINO runs it natively (avx512_bf16
+    or AMX), else FP32. So those default masks may differ a little between CPUs, as FP16's on a GPU
+    differ from FP32's; ``fp32`` gives the same masks on every CPU. Also possible: the FP16 graph
+    through onnxruntime on the CPU (to check the GPU's graph where no GPU is).
     """
     if engine == "auto":
         engine = "torch" if device == "cuda" else "openvino"
@@ -124,7 +125,8 @@ def choose(engine: str, device: str, precision: str = "auto") -> Placement:
     if engine == "openvino" and device == "cuda":
         raise BackendError("the openvino backend runs on the CPU only; use --device cpu, or torch/onnxruntime on CUDA")
     if precision == "auto":
-        precision = "fp16" if device == "cuda" else "bf16" if engine == "openvino" and cpu_has_bf16() else "fp32"
+        native_bf16 = cpu_precision == "bf16" and engine == "openvino" and cpu_has_bf16()
+        precision = "fp16" if device == "cuda" else "bf16" if native_bf16 else "fp32"
     if precision == "bf16" and not (engine == "openvino" and cpu_has_bf16()):
         raise BackendError("--precision bf16 needs the openvino backend on a CPU with BF16 instructions (avx512_bf16 or amx_bf16)")
     if precision == "fp16" and device == "cpu" and engine != "onnxruntime":

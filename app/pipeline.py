@@ -36,7 +36,7 @@ class SetupError(Exception):
 class Options:
     weights: Path = DEFAULT_WEIGHTS
     device: str = "auto"
-    precision: str = "auto"  # auto (FP16 on CUDA; BF16 on CPUs that run it natively, else FP32) | fp32 | fp16 | bf16
+    precision: str = "auto"  # auto (FP16 on CUDA; on the CPU the fine model's cpu_precision where it runs natively, else FP32) | fp32 | fp16 | bf16
     margin_mm: float = 20.0
     roi_gap_mm: float = 60.0  # coarse blobs farther than this from the main organ cluster stay out of the ROI
     roi_grow: int = 2  # times the ROI may grow where the fine model's organs reach its faces (0: never)
@@ -211,7 +211,7 @@ class Engine:
         self.options = options
         self.stages = stages or Stages.default()
         try:
-            placement = choose(options.backend, pick_device(options.device), options.precision)
+            placement = choose(options.backend, pick_device(options.device), options.precision, fine_spec.cpu_precision)
             if options.tiling != "model":
                 fine_spec = replace(fine_spec, tiling=options.tiling)
             auto = options.backend == "auto"

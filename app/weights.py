@@ -23,6 +23,7 @@ FOREGROUND = "foreground"  # a coarse model may be binary: background / all orga
 FOREGROUND_ID = 255
 TILINGS = ("sliding", "whole")
 BLENDINGS = ("fp32", "nnunet")  # as app.sliding_window.BLENDINGS (this module stays torch-free)
+CPU_PRECISIONS = ("fp32", "bf16")  # bf16: only where OpenVINO runs it natively (app.backend.choose)
 WHOLE_MAX_VOXELS = 6_000_000  # tiling "whole": larger inputs run as large tiles (one pass's memory grows with the input; benchmarks/README.md)
 
 
@@ -99,6 +100,7 @@ class ModelSpec:
     tiling: str  # "sliding" (nnU-Net's Gaussian-weighted tiles) or "whole" (one pass over the crop when it fits)
     whole_max_voxels: int  # the largest input run in one pass; larger ones are tiled
     blending: str  # tile sums: "fp32" (ours), or "nnunet" (nnU-Net's FP16 arithmetic, for its exact masks)
+    cpu_precision: str  # what --precision auto runs on a CPU with native BF16: "fp32", or "bf16" where measured to keep the masks
     mirror_axes: tuple[int, ...]
     orientation: str  # "LPS" (canonical, default), another code such as "RAS", or "stored"
     resampling: Resampling  # how volumes reach the model's grid and logits come back
@@ -185,6 +187,9 @@ def read_spec(folder: str | Path, role: str | None = None) -> ModelSpec:
     blending = str(inp.get("blending", "fp32"))
     if blending not in BLENDINGS:
         raise _fail(cfg_path, f"input.blending must be one of {list(BLENDINGS)}, got {blending!r}")
+    cpu_precision = str(inp.get("cpu_precision", "fp32"))
+    if cpu_precision not in CPU_PRECISIONS:
+        raise _fail(cfg_path, f"input.cpu_precision must be one of {list(CPU_PRECISIONS)}, got {cpu_precision!r}")
     mirror = tuple(int(a) for a in inp.get("mirror_axes", []))
     if any(a not in (0, 1, 2) for a in mirror):
         raise _fail(cfg_path, f"input.mirror_axes must be axes 0-2, got {list(mirror)}")
@@ -245,6 +250,7 @@ def read_spec(folder: str | Path, role: str | None = None) -> ModelSpec:
         tiling=tiling,
         whole_max_voxels=whole_max,
         blending=blending,
+        cpu_precision=cpu_precision,
         mirror_axes=mirror,
         orientation=orientation,
         resampling=resampling,

@@ -42,14 +42,18 @@ SHIPPED = REPO / "weights"
 def test_choice_follows_the_measurement(monkeypatch):
     import app.backend
 
-    for native, default in ((True, "bf16"), (False, "fp32")):  # BF16 only where the CPU runs it natively
+    # BF16 by default only for a model whose config says it keeps its masks, where the CPU runs it natively
+    for native, default in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(app.backend, "cpu_has_bf16", lambda native=native: native)
-        assert choose("auto", "cpu") == Placement("openvino", "cpu", default)
-        assert choose("openvino", "cpu") == Placement("openvino", "cpu", default)
-        assert choose("openvino", "cpu", "fp32") == Placement("openvino", "cpu", "fp32")
-        assert choose("torch", "cpu") == Placement("torch", "cpu", "fp32")
-        assert choose("onnxruntime", "cpu") == Placement("onnxruntime", "cpu", "fp32")
+        assert choose("auto", "cpu", "auto", "bf16") == Placement("openvino", "cpu", default)
+        assert choose("openvino", "cpu", "auto", "bf16") == Placement("openvino", "cpu", default)
+        assert choose("openvino", "cpu", "fp32", "bf16") == Placement("openvino", "cpu", "fp32")
+        assert choose("torch", "cpu", "auto", "bf16") == Placement("torch", "cpu", "fp32")
+        assert choose("onnxruntime", "cpu", "auto", "bf16") == Placement("onnxruntime", "cpu", "fp32")
+        assert choose("auto", "cpu") == choose("auto", "cpu", "auto", "fp32") == Placement("openvino", "cpu", "fp32")
     monkeypatch.undo()
+    assert read_spec(SHIPPED / "fine").cpu_precision == "bf16"  # measured: test_reduced_precision_keeps_the_network_s_masks
+    assert read_spec(SHIPPED / "coarse").cpu_precision == "fp32"  # and the coarse pass stays FP32 under BF16 anyway
     assert choose("auto", "cuda") == Placement("torch", "cuda", "fp16")
     assert choose("auto", "cuda", "fp32") == Placement("torch", "cuda", "fp32")
     assert choose("onnxruntime", "cpu", "fp16") == Placement("onnxruntime", "cpu", "fp16")
@@ -249,6 +253,24 @@ def test_onnx_file_that_does_not_fit_the_config(exported, one_scan, tmp_path):
     shutil.copy(other / "model.onnx", exported / "fine" / "model.onnx")  # 3 channels out; config.json says 15
     for engine in ("onnxruntime", "openvino"):
         _fell_back(_run(exported, one_scan, tmp_path / engine, "--backend", engine), str(exported / "fine" / "model.onnx"), "do not match config.json")
+
+
+def test_a_model_runs_bf16_by_default_only_where_its_config_says_so(exported, one_scan, tmp_path):
+    """Other weights (an nnU-Net import, your own) keep FP32 by default: BF16 was measured to keep
+    the shipped fine model's masks, no other's."""
+    from app.pipeline import Options, predict_folder
+
+    config = exported / "fine" / "config.json"
+    backend = {}
+    for said in (None, "bf16"):
+        if said:
+            cfg = json.loads(config.read_text())
+            cfg["input"]["cpu_precision"] = said
+            config.write_text(json.dumps(cfg))
+        results = predict_folder(one_scan, tmp_path / str(said), Options(weights=exported, device="cpu", progress=False))
+        backend[said] = results[0].info["backend"]
+    assert backend[None] == "openvino on cpu, fp32"
+    assert backend["bf16"] == ("openvino on cpu, bf16" if cpu_has_bf16() else "openvino on cpu, fp32")
 
 
 def test_auto_without_an_export_runs_torch_and_says_so_quietly(one_scan, tmp_path):

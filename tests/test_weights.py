@@ -71,6 +71,7 @@ def test_missing_folder_and_config(tmp_path):
         ({"input__resample": {"scheme": "nnunet", "force_separate_z": "yes"}}, "force_separate_z must be null, true or false"),
         ({"input__resample": {"scheme": "nnunet", "anisotropy_threshold": -1}}, "anisotropy_threshold must be a positive number"),
         ({"input__blending": "fp8"}, "input.blending must be one of"),
+        ({"input__cpu_precision": "fp16"}, r"input.cpu_precision must be one of \['fp32', 'bf16'\]"),
     ],
 )
 def test_inconsistent_config_is_a_one_line_error(weights, change, message):
