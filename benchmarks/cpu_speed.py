@@ -60,12 +60,14 @@ def weights_for_current_engine(baseline: Path, out: Path) -> Path:
     """The baseline checkout's weights, configs as they were (their tiles: one pass is only sound
     for networks with stored norm statistics, which the baseline's are not), with an ONNX export
     for the current engine's backends."""
+    from app.convert.export_onnx import export_onnx
+
     for role in ("coarse", "fine"):
         shutil.rmtree(out / role, ignore_errors=True)
         (out / role).mkdir(parents=True)
         for name in ("config.json", "model.safetensors"):
             shutil.copy(baseline / "weights" / role / name, out / role)
-    subprocess.run([sys.executable, "-m", "app", "export-onnx", "--weights", str(out)], cwd=REPO, check=True, capture_output=True)
+        export_onnx(out / role)
     return out
 
 
