@@ -124,10 +124,10 @@ def choose(engine: str, device: str, precision: str = "auto", cpu_precision: str
         raise BackendError(f"unknown backend {engine!r} (one of {', '.join(CHOICES)})")
     if engine == "openvino" and device == "cuda":
         raise BackendError("the openvino backend runs on the CPU only; use --device cpu, or torch/onnxruntime on CUDA")
+    native_bf16 = engine == "openvino" and cpu_has_bf16()
     if precision == "auto":
-        native_bf16 = cpu_precision == "bf16" and engine == "openvino" and cpu_has_bf16()
-        precision = "fp16" if device == "cuda" else "bf16" if native_bf16 else "fp32"
-    if precision == "bf16" and not (engine == "openvino" and cpu_has_bf16()):
+        precision = "fp16" if device == "cuda" else "bf16" if native_bf16 and cpu_precision == "bf16" else "fp32"
+    if precision == "bf16" and not native_bf16:
         raise BackendError("--precision bf16 needs the openvino backend on a CPU with BF16 instructions (avx512_bf16 or amx_bf16)")
     if precision == "fp16" and device == "cpu" and engine != "onnxruntime":
         raise BackendError(f"--precision fp16 on the CPU runs only through onnxruntime (the GPU's FP16 graph), not {engine}")

@@ -85,7 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     phantom_set(args.out / "phantoms", args.cases, args.seed)
-    # FP32: the weights' own figures, the same on every CPU (the default is BF16 where a CPU runs it natively)
+    # FP32: the weights' own figures, the same on every CPU (the shipped fine model's default is BF16 where a CPU runs it natively)
     opts = Options(weights=args.weights, device="cpu", precision="fp32", timings=args.out / "timings.jsonl")
     result = {"phantoms": scored_set(args.out / "phantoms", args.out / "phantom_masks", opts)}
     if args.anatomy:
