@@ -4,7 +4,8 @@ The FLARE22 label maps (``../shared/data/labels_only/flare22``, research use onl
 of real patients: shapes, sizes, positions, neighbourhoods. They carry no image and no body, so the
 geometric generator (``synthetic.phantoms``) supplies what surrounds the organs: fat, muscle wall,
 spine and ribs, lungs above the diaphragm, bowel, table, and on request arms, the back's muscles,
-colon and small bowel between the organs, and the unlabelled vessels around them. The map is first
+colon and small bowel between the organs, the unlabelled vessels around them, and look-alikes of
+organs (the diaphragm's crura, collapsed small-bowel loops; ``synthetic.mimics``). The map is first
 warped (patient size, in-plane rotation, smooth elastic deformation) onto a random scanner grid, the
 organs are rendered with randomised Hounsfield values and texture, and ``synthetic.randomise.scanner``
 adds the scanner.
@@ -18,13 +19,15 @@ import numpy as np
 
 from .phantoms import FAT_PAD_MM, ORIENTATIONS, Arms, Back, Phantom, _body, _Canvas, abdominal_bowel
 from .randomise import PHASES, free_contrast, scanner, slice_profile, smooth_field, soften, tissue_values
+from .mimics import crura as draw_crura
+from .mimics import jejunal_loops
 from .vessels import abdominal_vessels
 
 LABEL_MAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "labels_only" / "flare22"
 # Never used for training: phantoms built from these report accuracy on real anatomy never seen.
 HOLD_OUT = tuple(f"FLARE22_Tr_{i:04d}.nii.gz" for i in (5, 10, 15, 20, 25, 30, 35, 40, 45, 50))
 # The optional parts of ``anatomy_phantom``, each a chance (a training config's phantom keys).
-ANATOMY_OPTIONS = ("arms", "muscles", "bowel", "vessels", "free_hu", "lowres")
+ANATOMY_OPTIONS = ("arms", "muscles", "bowel", "vessels", "free_hu", "lowres", "crura", "jejunum")
 TISSUE_OF = {1: "liver", 2: "kidney", 3: "spleen", 4: "pancreas", 5: "aorta", 6: "ivc", 7: "adrenal", 8: "adrenal",
              9: "gallbladder", 10: "esophagus", 11: "stomach_wall", 12: "duodenum_wall", 13: "kidney"}
 
@@ -102,7 +105,8 @@ def _own_stream(seed: int | list[int], tag: int) -> np.random.Generator:
 
 def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = None, thickness: float | None = None,
                     lesions: bool = True, deform: bool = True, arms: float = 0.0, muscles: float = 0.0,
-                    bowel: float = 0.0, vessels: float = 0.0, free_hu: float = 0.0, lowres: float = 0.0) -> Phantom:
+                    bowel: float = 0.0, vessels: float = 0.0, free_hu: float = 0.0, lowres: float = 0.0,
+                    crura: float = 0.0, jejunum: float = 0.0) -> Phantom:
     """A randomised CT phantom around the real label map at ``path`` (labels: that map, warped).
 
     ``arms``: the chance of arms down beside the trunk (real scans often have them in the field of
@@ -110,12 +114,15 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     the chance of colon and small bowel around the organs (``synthetic.phantoms.abdominal_bowel``);
     ``vessels``: the chance of the unlabelled veins and arteries (``synthetic.vessels``);
     ``free_hu``: the chance that every organ's mean HU is drawn freely (``randomise.free_contrast``);
-    ``lowres``: the chance of an archive copy's in-plane blur (``randomise.soften``).
+    ``lowres``: the chance of an archive copy's in-plane blur (``randomise.soften``); ``crura``: the
+    chance of the diaphragm's crura beside the aorta, and ``jejunum`` of collapsed, enhancing
+    small-bowel loops and mesenteric vessels beside the pancreas (``synthetic.mimics``).
     Each is drawn from a stream of its own, so the rest of the phantom does not depend on it.
     """
     rng = np.random.default_rng(seed)
     arm_rng, back_rng, bowel_rng, vessel_rng, hu_rng, soft_rng = (
         _own_stream(seed, tag) for tag in (0xA125, 0xBAC4, 0xB0E1, 0x7E55, 0xF4EE, 0x50F7))
+    crura_rng, jejunum_rng = _own_stream(seed, 0xC4A0), _own_stream(seed, 0x1E1E)
     labels, spacing = read_label_map(path)
     present = np.flatnonzero(labels.any(axis=(1, 2)))  # slices holding an organ
     pad = int(rng.uniform(10, 60) / spacing[0])  # some scans reach far below the organs: keep the abdomen
@@ -160,6 +167,10 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
         rows = np.arange(sl[1].start, sl[1].stop)[None, :, None]
         cv.image[sl][content] = rng.uniform(0, 30)
         cv.image[sl][content & (rows < gas_level)] = -950
+    if crura_rng.random() < crura:
+        draw_crura(cv, labels, hu["muscle"], crura_rng)
+    if jejunum_rng.random() < jejunum:
+        jejunal_loops(cv, labels, hu["duodenum_wall"], hu["ivc"], jejunum_rng)
     if vessel_rng.random() < vessels:
         abdominal_vessels(cv, labels, phase, hu["aorta"], vessel_rng)
     if lesions:

@@ -165,6 +165,63 @@ def test_vessels_run_beside_and_inside_the_organs_only_when_asked(phantom):
     assert (outside & behind).sum() * cm3 > 0.5  # the splenic vein along its back
 
 
+def _changed_by(option: str, phantom) -> tuple[np.ndarray, object]:
+    """Voxels that ``option`` at 1 changes in the fixture's phantom (same seed, noise, labels)."""
+    same = anatomy_phantom(LABEL_MAPS / "FLARE22_Tr_0001.nii.gz", seed=[5, 0], inplane=1.6, thickness=2.5, **{option: 0.0})
+    assert np.array_equal(same.image, phantom.image)  # its own stream: at 0 the phantom is the one drawn without it
+    drawn = anatomy_phantom(LABEL_MAPS / "FLARE22_Tr_0001.nii.gz", seed=[5, 0], inplane=1.6, thickness=2.5, **{option: 1.0})
+    assert np.array_equal(drawn.labels, phantom.labels)  # unlabelled: no organ gains or loses a voxel
+    changed = np.abs(drawn.image.astype(int) - phantom.image) > 30
+    assert (changed & (phantom.labels > 0)).sum() < 0.02 * changed.sum()  # blur carries an edge a voxel further, no more
+    return changed, drawn
+
+
+def test_crura_hug_the_aorta_from_the_kidneys_up_only_when_asked(phantom):
+    """``crura``: muscle bands beside the aorta between the kidneys' level and above the adrenals,
+    where the body had fat; nowhere far from the aorta."""
+    changed, drawn = _changed_by("crura", phantom)
+    cm3 = float(np.prod(phantom.spacing)) / 1000
+    assert changed.sum() * cm3 > 5, changed.sum() * cm3
+    idx = np.argwhere(changed)
+    aorta = [np.argwhere(phantom.labels[k] == 5).mean(0) for k in idx[:, 0]]
+    off = np.hypot(*((idx[:, 1:] - np.array(aorta)) * phantom.spacing[1:]).T)
+    assert np.quantile(off, 0.99) < 30, np.quantile(off, 0.99)  # mm from the aorta's centre in-plane
+    kidney_z = np.argwhere(np.isin(phantom.labels, (2, 13)))[:, 0].mean()
+    adrenal_top = np.argwhere(np.isin(phantom.labels, (7, 8)))[:, 0].max()
+    assert idx[:, 0].min() > kidney_z - 30 / phantom.spacing[0] and idx[:, 0].max() <= adrenal_top + 30 / phantom.spacing[0]
+    muscle = drawn.image[changed & (phantom.image < -50)]
+    assert len(muscle) and 0 < np.median(muscle) < 110  # fat became muscle
+
+
+def test_jejunal_loops_fill_fat_beside_the_pancreas_only_when_asked(phantom):
+    """``jejunum``: small-bowel loops with enhancing walls (collapsed ones as dense as the pancreas)
+    and mesenteric vessels in the fat around and below the pancreas, none above it."""
+    changed, drawn = _changed_by("jejunum", phantom)
+    cm3 = float(np.prod(phantom.spacing)) / 1000
+    from_fat = changed & (phantom.image > -200) & (phantom.image < -50)
+    assert from_fat.sum() * cm3 > 10, from_fat.sum() * cm3
+    pancreas = np.argwhere(phantom.labels == 4)
+    idx = np.argwhere(changed)
+    assert idx[:, 0].max() <= pancreas[:, 0].max() + 20 / phantom.spacing[0]  # no loop above the pancreas
+    assert np.abs(idx[:, 2].mean() - pancreas[:, 2].mean()) * phantom.spacing[2] < 80
+    values = drawn.image[from_fat]
+    assert ((values > 40) & (values < 200)).mean() > 0.2  # walls and collapsed loops: soft-tissue dense
+
+
+def test_mimics_skip_what_a_map_lacks():
+    """A map without an aorta, adrenals or pancreas gets no crura or loops, and no error."""
+    from synthetic.mimics import crura, jejunal_loops
+    from synthetic.phantoms import _Canvas
+
+    labels = np.zeros((30, 50, 50), np.uint8)
+    labels[5:10, 30:40, 5:12] = 2  # a kidney only
+    cv = _Canvas(labels.shape, (2.5, 2.0, 2.0), (0.0, 0.0, 0.0), np.random.default_rng(0))
+    cv.image[:] = -100.0
+    crura(cv, labels, 55.0, np.random.default_rng(1))
+    jejunal_loops(cv, labels, 90.0, 150.0, np.random.default_rng(2))
+    assert (cv.image == -100.0).all()
+
+
 def test_free_contrast_draws_every_organ_anywhere_and_keeps_the_rest():
     hu = tissue_values(np.random.default_rng(0), PHASES.index("venous"))
     draws = [free_contrast(hu, np.random.default_rng(k)) for k in range(200)]

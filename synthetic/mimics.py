@@ -1,0 +1,128 @@
+"""Unlabelled structures that look like labelled organs, drawn around a real label map's organs.
+
+Why: on real scans the networks trained without them named the diaphragm's crura (muscle bands
+beside the aorta, between it and the IVC and adrenals) IVC or adrenal, and collapsed small-bowel
+loops beside the pancreas (enhancing walls, soft-tissue dense, lobulated) pancreas or duodenum. A
+body whose only soft tissue near the aorta is an organ, and whose bowel is all fluid or gas, lets
+density alone name those organs; these mimics make shape and position do it.
+
+Both paint ``cv.image`` in place over unlabelled tissue only (labels stay as they are), with their
+shapes and values drawn from the generator they are given.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .phantoms import _blob, _Canvas, _tube
+from .vessels import AORTA, PANCREAS, _jittered, _points_mm
+
+RIGHT_KIDNEY, RIGHT_ADRENAL, LEFT_ADRENAL, LEFT_KIDNEY = 2, 7, 8, 13
+
+
+def crura(cv: _Canvas, labels: np.ndarray, muscle_hu: float, rng: np.random.Generator) -> None:
+    """The diaphragm's right and left crus: muscle bands hugging the aorta's sides from the renal
+    hilum (right; the left ends higher) up past the adrenals, arching in front of the aorta above
+    the aortic hiatus. Left out where the map has no aorta or no adrenal."""
+    aorta = _points_mm(cv, labels, AORTA, most=60000)
+    adrenals = np.concatenate([_points_mm(cv, labels, lab) for lab in (RIGHT_ADRENAL, LEFT_ADRENAL)])
+    if len(aorta) < 20 or len(adrenals) < 10:
+        return
+    kidneys = np.concatenate([_points_mm(cv, labels, lab) for lab in (RIGHT_KIDNEY, LEFT_KIDNEY)])
+    top = float(adrenals[:, 0].max()) + rng.uniform(5, 25)
+    low = float(kidneys[:, 0].mean()) if len(kidneys) else float(adrenals[:, 0].min()) - 30
+    bottom = {-1: low - rng.uniform(0, 25), 1: low + rng.uniform(0, 20)}  # side -1: the patient's right (-x)
+    hiatus = top - rng.uniform(15, 35)  # above it the two crura meet in front of the aorta
+    thick = {side: rng.uniform(4, 9) * (1.2 if side < 0 else 1.0) for side in (-1, 1)}
+    gap = rng.uniform(0.5, 3.0)
+    z_mm = cv.axes[0]
+    for k in np.flatnonzero((z_mm >= min(bottom.values())) & (z_mm <= top)):
+        ring = _points_mm_in_slice(cv, labels, k, AORTA)
+        if len(ring) < 3:
+            continue
+        cy, cx = ring.mean(0)
+        radius = float(np.sqrt(len(ring) * cv.spacing[1] * cv.spacing[2] / np.pi))
+        reach = radius + gap + max(thick.values()) + 2
+        win = cv.window(np.array([z_mm[k], cy - reach, cx - reach]), np.array([z_mm[k], cy + reach, cx + reach]))
+        if win is None:
+            continue
+        sl, (_, y, x) = win
+        dy, dx = y[0] - cy, x[0] - cx
+        dist = np.sqrt(dy**2 + dx**2)
+        angle = np.degrees(np.arctan2(dx, -dy))  # 0: in front of the aorta, +90: the patient's left
+        band = np.zeros(dist.shape, bool)
+        for side in (-1, 1):
+            if z_mm[k] < bottom[side]:
+                continue
+            taper = float(np.clip((z_mm[k] - bottom[side]) / 30.0, 0.3, 1.0))
+            in_band = (dist > radius + gap) & (dist < radius + gap + thick[side] * taper)
+            nearest = 0.0 if z_mm[k] > hiatus else 20.0  # degrees from the front: 0 where they meet
+            band |= in_band & (side * angle >= nearest) & (side * angle <= 160.0)
+        region, lab = cv.image[k][sl[1], sl[2]], labels[k][sl[1], sl[2]]
+        paint = band & (lab == 0) & (region > -500) & (region < 200)  # over fat and soft tissue, not bone or lung
+        region[paint] = muscle_hu + rng.normal(0, 4)
+
+
+def _points_mm_in_slice(cv: _Canvas, labels: np.ndarray, k: int, label: int) -> np.ndarray:
+    """(y, x) mm of the voxels of ``label`` in slice ``k``."""
+    idx = np.argwhere(labels[k] == label)
+    return np.asarray(cv.origin[1:]) + idx * np.asarray(cv.spacing[1:])
+
+
+def jejunal_loops(cv: _Canvas, labels: np.ndarray, wall_hu: float, vessel_hu: float, rng: np.random.Generator) -> None:
+    """Small-bowel loops in the fat beside and below the pancreas: an enhancing wall of 1.5-3 mm
+    around collapsed (wall-dense, feathery folds), fluid or oral-contrast contents, and the
+    mesentery's small vessels fanning out from the pancreas's lower edge. ``wall_hu`` is drawn as
+    dense as the pancreas and duodenum are, on purpose. Left out where the map has no pancreas."""
+    from scipy import ndimage
+
+    pancreas = _points_mm(cv, labels, PANCREAS)
+    if len(pancreas) < 50:
+        return
+    z_lo, z_hi = float(pancreas[:, 0].min()) - rng.uniform(40, 90), float(pancreas[:, 0].max())
+    aorta = _points_mm(cv, labels, AORTA)
+    front = float(aorta[:, 1].mean()) if len(aorta) else float(pancreas[:, 1].max())  # loops lie in front of the spine
+    fat = (cv.image > -200) & (cv.image < -50) & (labels == 0)
+    lo, hi = pancreas.min(0) - (0, 50, 30), pancreas.max(0) + (0, 0, 30)  # beside and in front of it, not in the wall's fat
+    lo[0], hi[0], hi[1] = z_lo, z_hi, front
+    (zs, ys, xs) = (np.flatnonzero((ax >= lo[a]) & (ax <= hi[a])) for a, ax in enumerate(cv.axes))
+    if not (len(zs) and len(ys) and len(xs)):
+        return
+    seeds = np.argwhere(fat[zs[0]: zs[-1] + 1, ys[0]: ys[-1] + 1: 3, xs[0]: xs[-1] + 1: 3])
+    if not len(seeds):
+        return
+    main, cv.rng = cv.rng, rng  # _blob and texture draw from the canvas's stream: lend it this one
+    try:
+        for _ in range(int(rng.integers(8, 20))):
+            z, y, x = seeds[rng.integers(len(seeds))] * (1, 3, 3) + (zs[0], ys[0], xs[0])
+            centre = np.asarray(cv.origin) + np.array([z, y, x]) * np.asarray(cv.spacing)
+            shape = _blob(cv, centre, rng.uniform(8, 18, 3), wobble=0.25, tilt=40.0)
+            if shape is None:
+                continue
+            sl, mask, coords = shape
+            mask = mask & fat[sl]
+            if not mask.any():
+                continue
+            depth = ndimage.distance_transform_edt(mask, sampling=cv.spacing)
+            wall = depth < rng.uniform(1.5, 3.0)
+            kind = rng.random()
+            if kind < 0.5:  # collapsed: wall-dense, with the folds' fine texture
+                inside = wall_hu + rng.normal(0, 10) + cv.texture(coords, 20.0, waves=6, wavelength=(4.0, 12.0))
+            elif kind < 0.8:
+                inside = np.full(mask.shape, rng.uniform(0, 30), np.float32)
+            else:
+                inside = np.full(mask.shape, rng.uniform(150, 350), np.float32)
+            hu = np.where(wall, wall_hu + rng.normal(0, 8), inside).astype(np.float32)
+            cv.paint(sl, mask, np.broadcast_to(hu, mask.shape).astype(np.float32), None)
+        lower = pancreas[pancreas[:, 0] < np.quantile(pancreas[:, 0], 0.3)]
+        root = lower.mean(0) + (rng.uniform(-10, -3), rng.uniform(-5, 5), 0.0)
+        for _ in range(int(rng.integers(6, 16))):
+            reach = np.array([-rng.uniform(30, 90), rng.uniform(-40, 10), rng.uniform(-60, 60)])
+            path = _jittered([root, root + reach / 2, root + reach], rng, 4.0)
+            shape = _tube(cv, path, rng.uniform(1.0, 2.5))
+            if shape is not None:
+                sl, mask, _ = shape
+                region = cv.image[sl]
+                region[mask & (labels[sl] == 0) & (region > -200) & (region < -30)] = vessel_hu + rng.normal(0, 15)
+    finally:
+        cv.rng = main
