@@ -4,7 +4,8 @@ Why: on real scans the networks trained without them named the diaphragm's crura
 beside the aorta, between it and the IVC and adrenals) IVC or adrenal, and collapsed small-bowel
 loops beside the pancreas (enhancing walls, soft-tissue dense, lobulated) pancreas or duodenum. A
 body whose only soft tissue near the aorta is an organ, and whose bowel is all fluid or gas, lets
-density alone name those organs; these mimics make shape and position do it.
+density alone name those organs; these mimics are meant to make shape and position do it (what
+training with them measured: the model card's "Tried, not shipped" sections).
 
 Both paint ``cv.image`` in place over unlabelled tissue only (labels stay as they are), with their
 shapes and values drawn from the generator they are given.
