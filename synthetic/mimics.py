@@ -25,9 +25,8 @@ def crura(cv: _Canvas, labels: np.ndarray, muscle_hu: float, rng: np.random.Gene
     """The diaphragm's right and left crus: muscle bands hugging the aorta's sides from the renal
     hilum (right; the left ends higher) up past the adrenals, arching in front of the aorta above
     the aortic hiatus. Left out where the map has no aorta or no adrenal."""
-    aorta = _points_mm(cv, labels, AORTA, most=60000)
     adrenals = np.concatenate([_points_mm(cv, labels, lab) for lab in (RIGHT_ADRENAL, LEFT_ADRENAL)])
-    if len(aorta) < 20 or len(adrenals) < 10:
+    if np.count_nonzero(labels == AORTA) < 20 or len(adrenals) < 10:
         return
     kidneys = np.concatenate([_points_mm(cv, labels, lab) for lab in (RIGHT_KIDNEY, LEFT_KIDNEY)])
     top = float(adrenals[:, 0].max()) + rng.uniform(5, 25)
@@ -38,7 +37,7 @@ def crura(cv: _Canvas, labels: np.ndarray, muscle_hu: float, rng: np.random.Gene
     gap = rng.uniform(0.5, 3.0)
     z_mm = cv.axes[0]
     for k in np.flatnonzero((z_mm >= min(bottom.values())) & (z_mm <= top)):
-        ring = _points_mm_in_slice(cv, labels, k, AORTA)
+        ring = _points_mm(cv, labels[k: k + 1], AORTA)[:, 1:]  # (y, x) mm of the aorta in slice k
         if len(ring) < 3:
             continue
         cy, cx = ring.mean(0)
@@ -62,12 +61,6 @@ def crura(cv: _Canvas, labels: np.ndarray, muscle_hu: float, rng: np.random.Gene
         region, lab = cv.image[k][sl[1], sl[2]], labels[k][sl[1], sl[2]]
         paint = band & (lab == 0) & (region > -500) & (region < 200)  # over fat and soft tissue, not bone or lung
         region[paint] = muscle_hu + rng.normal(0, 4)
-
-
-def _points_mm_in_slice(cv: _Canvas, labels: np.ndarray, k: int, label: int) -> np.ndarray:
-    """(y, x) mm of the voxels of ``label`` in slice ``k``."""
-    idx = np.argwhere(labels[k] == label)
-    return np.asarray(cv.origin[1:]) + idx * np.asarray(cv.spacing[1:])
 
 
 def jejunal_loops(cv: _Canvas, labels: np.ndarray, wall_hu: float, vessel_hu: float, rng: np.random.Generator) -> None:
