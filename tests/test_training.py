@@ -255,6 +255,7 @@ def test_every_recipe_names_only_known_phantom_settings_and_a_misspelt_one_is_re
 def test_evaluate_scores_the_real_scans_alone_on_the_organs_each_reference_has(tmp_path, capsys):
     """``--cases 0 --anatomy 0``: the real scans only (how a run's checkpoints are followed), each
     scored on the organs its partial reference holds, in the JSON, the tables and the printout."""
+    from evaluation.metrics import ORGANS
     from training.evaluate import SHARED, main
 
     weights = Path(__file__).resolve().parents[1] / "weights"
@@ -262,9 +263,8 @@ def test_evaluate_scores_the_real_scans_alone_on_the_organs_each_reference_has(t
     result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert "phantoms" not in result and "anatomy" not in result and len(result["timings"]) == 3
     present = json.loads((SHARED / "labels_source.json").read_text())["cases"]
-    organs = ["Liver", "RK", "Spleen", "Pancreas", "Aorta", "IVC", "RAG", "LAG", "Gallbladder", "Esophagus", "Stomach", "Duodenum", "LK"]
     assert sorted(result["real"]) == sorted(f"{name}.nii.gz" for name in present)
     for name, scores in result["real"].items():
-        assert list(scores) == [organs[i - 1] for i in present[name.split(".")[0]]["labels_present"]]
+        assert list(scores) == [ORGANS[i - 1] for i in present[name.split(".")[0]]["labels_present"]]
     assert (tmp_path / "eval" / "evaluation.md").read_text().startswith("| real scan |")
     assert "TS_example_sm.nii.gz mean " in capsys.readouterr().out
