@@ -268,3 +268,39 @@ def test_evaluate_scores_the_real_scans_alone_on_the_organs_each_reference_has(t
         assert list(scores) == [ORGANS[i - 1] for i in present[name.split(".")[0]]["labels_present"]]
     assert (tmp_path / "eval" / "evaluation.md").read_text().startswith("| real scan |")
     assert "TS_example_sm.nii.gz mean " in capsys.readouterr().out
+
+
+def test_warmup_ramps_the_poly_schedule_and_zero_warmup_is_the_poly_schedule():
+    from training.train import learning_rate_factor
+
+    poly, warm = learning_rate_factor(100), learning_rate_factor(100, 10)
+    assert [poly(s) for s in range(100)] == [(1 - s / 100) ** 0.9 for s in range(100)]
+    assert warm(0) == poly(0) / 10 and warm(4) == poly(4) / 2
+    assert all(warm(s) < warm(s + 1) for s in range(9)) and all(warm(s) == poly(s) for s in range(9, 100))
+
+
+def test_head_fit_trains_the_heads_alone_and_leaves_the_network_as_it_was():
+    from training.train import DeepSupervision, fit_heads
+
+    torch.manual_seed(0)
+    cfg = UNetConfig(features=[4, 8, 16, 16], strides=[(1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2)], kernel_sizes=[(1, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)], num_classes=3)
+    net = UNet3D(cfg)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    ds = DeepSupervision(net, 2)
+    heads = [h.weight.detach().clone() for h in ds.heads]
+    x, y = torch.randn(1, 1, 8, 16, 16), torch.randint(0, 3, (1, 8, 16, 16))
+    log = fit_heads(net, ds, lambda: (x, y), {"steps": 30, "lr": 0.01})
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert all(not torch.equal(a, h.weight) for a, h in zip(heads, ds.heads))
+    assert log["steps"] == 30 and log["final_loss"] < log["first_loss"]
+
+
+def test_a_recipe_with_head_fit_and_warmup_runs_and_records_both(tmp_path):
+    recipe = json.loads(RECIPE.read_text())
+    cfg = recipe["fine"]
+    cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
+    cfg["train"].update(steps=2, pool=1, batch=1, checkpoint_every=100, refresh_every=1, patch_size=[16, 32, 32], head_fit={"steps": 3, "lr": 0.01}, warmup=2)
+    log = train_role("fine", cfg, recipe, tmp_path, torch.device("cpu"))
+    cycle = log["cycles"][0]
+    assert cycle["head_fit"]["steps"] == 3 and cycle["warmup"] == 2
+    load_model(read_spec(tmp_path / "fine", "fine"), CPU)
