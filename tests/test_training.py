@@ -304,3 +304,25 @@ def test_a_recipe_with_head_fit_and_warmup_runs_and_records_both(tmp_path):
     cycle = log["cycles"][0]
     assert cycle["head_fit"]["steps"] == 3 and cycle["warmup"] == 2
     load_model(read_spec(tmp_path / "fine", "fine"), CPU)
+
+
+def test_evaluate_scores_each_checkpoint_as_the_fine_model(tmp_path, capsys):
+    """``--checkpoints``: every folder is scored as the fine model beside --weights' coarse model (a
+    random fine network scores far below the shipped one: the checkpoint, not weights/fine, ran)."""
+    import shutil
+
+    from tests.helpers import make_weights
+    from training.evaluate import main
+
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    run = tmp_path / "run" / "checkpoints"
+    run.mkdir(parents=True)
+    shutil.copytree(weights / "fine", run / "fine.seed1.step100")
+    shutil.copytree(make_weights(tmp_path / "random") / "fine", run / "fine.seed1.step200")
+    main(["--weights", str(weights), "--out", str(tmp_path / "eval"), "--checkpoints", str(run / "fine.seed1.step100"), str(run / "fine.seed1.step200")])
+    rows = json.loads((tmp_path / "eval" / "checkpoints.json").read_text())
+    assert [r["checkpoint"] for r in rows] == ["run.fine.seed1.step100", "run.fine.seed1.step200"]
+    shipped, random = rows
+    assert shipped["organs"] == 20 and shipped["TS_example_sm.nii.gz"] > 0.6
+    assert random["organ_mean"] < shipped["organ_mean"] - 0.3
+    assert "| run.fine.seed1.step100 |" in capsys.readouterr().out

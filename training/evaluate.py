@@ -10,8 +10,9 @@ accuracy claims.
     python -m training.evaluate --weights weights --out eval_out [--cases 4] [--anatomy 4] [--seed 424242]
 
 ``--cases 0 --anatomy 0`` scores the real scans alone (12.5 s for the shipped pair on the 2-core
-development machine, 2026-12-02): enough to follow a training run's checkpoints, each given as the
-fine model of a weights folder.
+development machine, 2026-12-02). To follow a training run, ``--checkpoints W/checkpoints/fine.*``
+scores each folder that way as the fine model beside ``--weights``' coarse model, and writes a
+table of per-scan means (``OUT/checkpoints.md``, ``.json``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,34 @@ def scored_set(folder: Path, masks: Path, opts: Options) -> dict:
     return result
 
 
+def real_scores(masks: Path, opts: Options) -> dict:
+    """The labelled real scans, each scored on the organs its (partial) reference holds."""
+    predict_folder(SHARED / "images", masks, opts)
+    present = {name: case["labels_present"] for name, case in json.loads((SHARED / "labels_source.json").read_text())["cases"].items()}
+    real = {}
+    for s in score_folder(masks, SHARED / "labels", "flare22", workers=2, progress=False):
+        organs = [ORGANS[i - 1] for i in present[s.name.split(".")[0]]]
+        real[s.name] = {o: {"dsc": round(s.dsc[o], 4), "nsd": round(s.nsd[o], 4)} for o in organs}
+    return real
+
+
+def checkpoint_rows(coarse: Path, checkpoints: list[Path], out: Path) -> list[dict]:
+    """Each fine-model folder (a run's checkpoints) with ``coarse`` through the pipeline on the real
+    scans: per-scan mean DSC and the mean over every scored organ of all of them, to follow a run."""
+    rows = []
+    for ck in checkpoints:
+        name = f"{ck.parent.parent.name}.{ck.name}" if ck.parent.name == "checkpoints" else ck.name
+        weights = out / "weights" / name
+        weights.mkdir(parents=True)
+        (weights / "coarse").symlink_to(coarse.resolve(), target_is_directory=True)
+        (weights / "fine").symlink_to(ck.resolve(), target_is_directory=True)
+        real = real_scores(out / "masks" / name, Options(weights=weights, device="cpu", precision="fp32", progress=False))
+        dsc = {scan: [v["dsc"] for v in organs.values()] for scan, organs in real.items()}
+        rows.append({"checkpoint": name, **{scan: float(np.mean(v)) for scan, v in dsc.items()},
+                     "organs": sum(len(v) for v in dsc.values()), "organ_mean": float(np.mean([d for v in dsc.values() for d in v]))})
+    return rows
+
+
 def table(scores, organs) -> dict:
     ok = [s for s in scores if not s.error]
     return {o: {"dsc": float(np.nanmean([s.dsc[o] for s in ok])), "nsd": float(np.nanmean([s.nsd[o] for s in ok]))} for o in organs}
@@ -88,8 +117,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cases", type=int, default=4, help="held-out geometric phantoms (0: none)")
     ap.add_argument("--anatomy", type=int, default=4, help="phantoms around this many of the held-out label maps (0: none)")
     ap.add_argument("--seed", type=int, default=424242)
+    ap.add_argument("--checkpoints", type=Path, nargs="+", default=None,
+                    help="fine-model folders (e.g. W/checkpoints/fine.seed*.step*) to score on the real scans alone, each with --weights' coarse model")
     args = ap.parse_args(argv)
     shutil.rmtree(args.out, ignore_errors=True)
+    if args.checkpoints:
+        rows = checkpoint_rows(args.weights / "coarse", args.checkpoints, args.out)
+        scans = [k for k in rows[0] if k.endswith(".nii.gz")]
+        lines = ["| checkpoint | " + " | ".join(s.split(".")[0] for s in scans) + f" | all {rows[0]['organs']} organs |", "|---" * (len(scans) + 2) + "|"]
+        lines += [f"| {r['checkpoint']} | " + " | ".join(f"{r[s]:.3f}" for s in scans) + f" | {r['organ_mean']:.3f} |" for r in rows]
+        (args.out / "checkpoints.json").write_text(json.dumps(rows, indent=1))
+        (args.out / "checkpoints.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     # FP32: the weights' own figures, the same on every CPU (the shipped fine model's default is BF16 where a CPU runs it natively)
     opts = Options(weights=args.weights, device="cpu", precision="fp32", timings=args.out / "timings.jsonl")
     result: dict = {}
@@ -99,13 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.anatomy:
         anatomy_set(args.out / "anatomy", args.anatomy, args.seed)
         result["anatomy"] = scored_set(args.out / "anatomy", args.out / "anatomy_masks", opts)
-    predict_folder(SHARED / "images", args.out / "real_masks", opts)
-    present = {name: case["labels_present"] for name, case in json.loads((SHARED / "labels_source.json").read_text())["cases"].items()}
-    real = {}
-    for s in score_folder(args.out / "real_masks", SHARED / "labels", "flare22", workers=2, progress=False):
-        gt = present[s.name.split(".")[0]]
-        real[s.name] = {ORGANS[i - 1]: {"dsc": round(s.dsc[ORGANS[i - 1]], 4), "nsd": round(s.nsd[ORGANS[i - 1]], 4)} for i in gt}
-    result["real"] = real
+    result["real"] = real = real_scores(args.out / "real_masks", opts)
     result["timings"] = [json.loads(line) for line in (args.out / "timings.jsonl").read_text().splitlines()]
     (args.out / "evaluation.json").write_text(json.dumps(result, indent=1))
     (args.out / "evaluation.md").write_text(markdown(result))
