@@ -200,7 +200,7 @@ class DeepSupervision(torch.nn.Module):
         return terms
 
 
-def learning_rate_factor(steps: int, warmup: int = 0):
+def learning_rate_factor(steps: int, warmup: int = 0) -> Callable[[int], float]:
     """The poly schedule over ``steps``, its first ``warmup`` steps ramped linearly up from lr/warmup.
 
     A fresh AdamW moves every weight by about lr in its first steps, whatever the gradient's size;
