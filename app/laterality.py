@@ -3,8 +3,9 @@
 Public scans come with headers that swap left and right (one of the real scans here puts its
 spleen on the patient's right). A model that learned where organs lie then names them wrong, and
 nothing else in the output shows it. The spleen and the stomach lie on the patient's left of the
-liver in every body but situs inversus: measured on the real scans here, their centres lie 103-188
-and 2-125 mm to the liver's left, and 82 and 130 mm to its right on the mirrored one.
+liver in every body but situs inversus: measured on the real scans here (masks of the weights of
+2026-11-26), their centres lie 103-188 and 2-125 mm to the liver's left, and 82 and 130 mm to its
+right on the mirrored one (the weights of 2026-12-02: its stomach 131 mm right).
 """
 
 from __future__ import annotations

@@ -57,7 +57,9 @@ def test_patient_left_follows_the_header_into_any_layout():
 
 def test_the_real_scan_with_a_mirrored_header_is_reported(tmp_path, caplog):
     """MSD_spleen_8's header puts its spleen on the patient's right; the shipped models, which learned
-    where organs lie, call that spleen liver. The run says so for that file alone, and goes on."""
+    where organs lie, call that spleen liver and name a spleen or stomach right of it (which of the
+    two depends on the weights: the stage-7 fine model both, stage 8's the stomach). The run says
+    so for that file alone, and goes on."""
     folder = tmp_path / "in"
     folder.mkdir()
     for case in REAL_CASES:
@@ -66,6 +68,6 @@ def test_the_real_scan_with_a_mirrored_header_is_reported(tmp_path, caplog):
         results = predict_folder(folder, tmp_path / "out", Options(device="cpu", progress=False))
     assert [r.ok for r in results] == [True] * 3
     flagged = {r.name: r.info["right_of_liver"] for r in results if r.info["right_of_liver"]}
-    assert list(flagged) == ["MSD_spleen_8_0000.nii.gz"] and "spleen" in flagged["MSD_spleen_8_0000.nii.gz"]
+    assert list(flagged) == ["MSD_spleen_8_0000.nii.gz"] and set(flagged["MSD_spleen_8_0000.nii.gz"]) <= {"spleen", "stomach"}
     lines = [m for m in caplog.messages if "right of the liver" in m]
     assert len(lines) == 1 and lines[0].startswith("MSD_spleen_8_0000.nii.gz: ") and "header may swap left and right" in lines[0]
