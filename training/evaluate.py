@@ -110,6 +110,14 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def checkpoint_markdown(rows: list[dict]) -> str:
+    """``checkpoint_rows`` as a table: a row per checkpoint, a column per real scan."""
+    scans = [k for k in rows[0] if k.endswith(".nii.gz")]
+    lines = ["| checkpoint | " + " | ".join(s.split(".")[0] for s in scans) + f" | all {rows[0]['organs']} organs |", "|---" * (len(scans) + 2) + "|"]
+    lines += [f"| {r['checkpoint']} | " + " | ".join(f"{r[s]:.3f}" for s in scans) + f" | {r['organ_mean']:.3f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, default=Path("weights"))
@@ -123,12 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(args.out, ignore_errors=True)
     if args.checkpoints:
         rows = checkpoint_rows(args.weights / "coarse", args.checkpoints, args.out)
-        scans = [k for k in rows[0] if k.endswith(".nii.gz")]
-        lines = ["| checkpoint | " + " | ".join(s.split(".")[0] for s in scans) + f" | all {rows[0]['organs']} organs |", "|---" * (len(scans) + 2) + "|"]
-        lines += [f"| {r['checkpoint']} | " + " | ".join(f"{r[s]:.3f}" for s in scans) + f" | {r['organ_mean']:.3f} |" for r in rows]
         (args.out / "checkpoints.json").write_text(json.dumps(rows, indent=1))
-        (args.out / "checkpoints.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+        (args.out / "checkpoints.md").write_text(text := checkpoint_markdown(rows))
+        print(text, end="")
         return
     # FP32: the weights' own figures, the same on every CPU (the shipped fine model's default is BF16 where a CPU runs it natively)
     opts = Options(weights=args.weights, device="cpu", precision="fp32", timings=args.out / "timings.jsonl")
