@@ -20,14 +20,14 @@ import numpy as np
 from .phantoms import FAT_PAD_MM, ORIENTATIONS, Arms, Back, Phantom, _body, _Canvas, abdominal_bowel
 from .randomise import PHASES, free_contrast, scanner, slice_profile, smooth_field, soften, tissue_values
 from .mimics import crura as draw_crura
-from .mimics import jejunal_loops
+from .mimics import gastric_colon, jejunal_loops
 from .vessels import abdominal_vessels
 
 LABEL_MAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "labels_only" / "flare22"
 # Never used for training: phantoms built from these report accuracy on real anatomy never seen.
 HOLD_OUT = tuple(f"FLARE22_Tr_{i:04d}.nii.gz" for i in (5, 10, 15, 20, 25, 30, 35, 40, 45, 50))
 # The optional parts of ``anatomy_phantom``, each a chance (a training config's phantom keys).
-ANATOMY_OPTIONS = ("arms", "muscles", "bowel", "vessels", "free_hu", "lowres", "crura", "jejunum")
+ANATOMY_OPTIONS = ("arms", "muscles", "bowel", "vessels", "free_hu", "lowres", "crura", "jejunum", "colon")
 TISSUE_OF = {1: "liver", 2: "kidney", 3: "spleen", 4: "pancreas", 5: "aorta", 6: "ivc", 7: "adrenal", 8: "adrenal",
              9: "gallbladder", 10: "esophagus", 11: "stomach_wall", 12: "duodenum_wall", 13: "kidney"}
 
@@ -106,7 +106,7 @@ def _own_stream(seed: int | list[int], tag: int) -> np.random.Generator:
 def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = None, thickness: float | None = None,
                     lesions: bool = True, deform: bool = True, arms: float = 0.0, muscles: float = 0.0,
                     bowel: float = 0.0, vessels: float = 0.0, free_hu: float = 0.0, lowres: float = 0.0,
-                    crura: float = 0.0, jejunum: float = 0.0) -> Phantom:
+                    crura: float = 0.0, jejunum: float = 0.0, colon: float = 0.0) -> Phantom:
     """A randomised CT phantom around the real label map at ``path`` (labels: that map, warped).
 
     ``arms``: the chance of arms down beside the trunk (real scans often have them in the field of
@@ -115,14 +115,15 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     ``vessels``: the chance of the unlabelled veins and arteries (``synthetic.vessels``);
     ``free_hu``: the chance that every organ's mean HU is drawn freely (``randomise.free_contrast``);
     ``lowres``: the chance of an archive copy's in-plane blur (``randomise.soften``); ``crura``: the
-    chance of the diaphragm's crura beside the aorta, and ``jejunum`` of collapsed, enhancing
-    small-bowel loops and mesenteric vessels beside the pancreas (``synthetic.mimics``).
+    chance of the diaphragm's crura beside the aorta, ``jejunum`` of collapsed, enhancing
+    small-bowel loops and mesenteric vessels beside the pancreas, and ``colon`` of a gas-distended
+    colon along the stomach's greater curvature (``synthetic.mimics``).
     Each is drawn from a stream of its own, so the rest of the phantom does not depend on it.
     """
     rng = np.random.default_rng(seed)
     arm_rng, back_rng, bowel_rng, vessel_rng, hu_rng, soft_rng = (
         _own_stream(seed, tag) for tag in (0xA125, 0xBAC4, 0xB0E1, 0x7E55, 0xF4EE, 0x50F7))
-    crura_rng, jejunum_rng = _own_stream(seed, 0xC4A0), _own_stream(seed, 0x1E1E)
+    crura_rng, jejunum_rng, colon_rng = _own_stream(seed, 0xC4A0), _own_stream(seed, 0x1E1E), _own_stream(seed, 0xC010)
     labels, spacing = read_label_map(path)
     present = np.flatnonzero(labels.any(axis=(1, 2)))  # slices holding an organ
     pad = int(rng.uniform(10, 60) / spacing[0])  # some scans reach far below the organs: keep the abdomen
@@ -171,6 +172,8 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
         draw_crura(cv, labels, hu["muscle"], crura_rng)
     if jejunum_rng.random() < jejunum:
         jejunal_loops(cv, labels, hu["duodenum_wall"], hu["ivc"], jejunum_rng)
+    if colon_rng.random() < colon:
+        gastric_colon(cv, labels, hu["duodenum_wall"], colon_rng)
     if vessel_rng.random() < vessels:
         abdominal_vessels(cv, labels, phase, hu["aorta"], vessel_rng)
     if lesions:

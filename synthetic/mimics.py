@@ -1,13 +1,14 @@
 """Unlabelled structures that look like labelled organs, drawn around a real label map's organs.
 
 Why: on real scans the networks trained without them named the diaphragm's crura (muscle bands
-beside the aorta, between it and the IVC and adrenals) IVC or adrenal, and collapsed small-bowel
-loops beside the pancreas (enhancing walls, soft-tissue dense, lobulated) pancreas or duodenum. A
-body whose only soft tissue near the aorta is an organ, and whose bowel is all fluid or gas, lets
-density alone name those organs; these mimics are meant to make shape and position do it (what
-training with them measured: the model card's "Tried, not shipped" sections).
+beside the aorta, between it and the IVC and adrenals) IVC or adrenal, collapsed small-bowel
+loops beside the pancreas (enhancing walls, soft-tissue dense, lobulated) pancreas or duodenum, and
+the gas-distended transverse colon and splenic flexure against the stomach stomach. A body whose
+only soft tissue near the aorta is an organ, whose bowel is all fluid or gas pockets in stool, and
+whose only large gas volume is the stomach's, lets density alone name those organs; these mimics are
+meant to make shape and position do it (what training with them measured: the model card).
 
-Both paint ``cv.image`` in place over unlabelled tissue only (labels stay as they are), with their
+All paint ``cv.image`` in place over unlabelled tissue only (labels stay as they are), with their
 shapes and values drawn from the generator they are given.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 from .phantoms import _blob, _Canvas, _tube
 from .vessels import AORTA, PANCREAS, _jittered, _points_mm
 
-RIGHT_KIDNEY, RIGHT_ADRENAL, LEFT_ADRENAL, LEFT_KIDNEY = 2, 7, 8, 13
+RIGHT_KIDNEY, RIGHT_ADRENAL, LEFT_ADRENAL, LEFT_KIDNEY, STOMACH = 2, 7, 8, 13, 11
 
 
 def crura(cv: _Canvas, labels: np.ndarray, muscle_hu: float, rng: np.random.Generator) -> None:
@@ -120,3 +121,69 @@ def jejunal_loops(cv: _Canvas, labels: np.ndarray, wall_hu: float, vessel_hu: fl
                 region[mask & (labels[sl] == 0) & (region > -200) & (region < -30)] = vessel_hu + rng.normal(0, 15)
     finally:
         cv.rng = main
+
+
+def _greater_curvature(stomach: np.ndarray, z: float, angle: float, clearance: float) -> np.ndarray | None:
+    """The point ``clearance`` mm out from the stomach's surface at height ``z`` (mm), in the
+    in-plane direction ``angle`` (degrees; 0: the patient's left, +x; 90: in front, -y)."""
+    level = stomach[np.abs(stomach[:, 0] - z) < 4.0]
+    if len(level) < 5:
+        return None
+    direction = np.array([-np.sin(np.radians(angle)), np.cos(np.radians(angle))])  # (y, x)
+    reach = level[:, 1:] @ direction
+    edge = level[reach >= np.quantile(reach, 0.98)].mean(0)
+    return np.array([z, *(edge[1:] + clearance * direction)])
+
+
+def gastric_colon(cv: _Canvas, labels: np.ndarray, wall_hu: float, rng: np.random.Generator) -> None:
+    """The transverse colon along the stomach's greater curvature and the splenic flexure beside it,
+    then down the left flank: a tube of 10-25 mm radius through the fat, its 1.5-3 mm wall around
+    gas (mostly; a dependent layer of stool or fluid in some), stool with gas pockets, or fluid.
+    It touches the stomach where the fat between them is thin, as the real colon does. Left out
+    where the map has no stomach."""
+    from scipy import ndimage
+
+    stomach = _points_mm(cv, labels, STOMACH)
+    if len(stomach) < 200:
+        return
+    z_lo, z_hi = np.quantile(stomach[:, 0], [0.02, 0.98])
+    radius = rng.uniform(10, 25)
+    path = []
+    for fraction, angle in ((0.1, rng.uniform(60, 100)), (0.35, rng.uniform(30, 70)), (0.65, rng.uniform(0, 40))):
+        point = _greater_curvature(stomach, z_lo + fraction * (z_hi - z_lo), angle, radius + rng.uniform(-3, 4))
+        if point is not None:
+            path.append(point)
+    if len(path) < 2:
+        return
+    low, flexure = path[0], path[-1]
+    right = low + (rng.uniform(-20, 5), rng.uniform(-5, 15), -rng.uniform(50, 120))  # across to the patient's right
+    down = flexure + (-rng.uniform(60, 130), rng.uniform(30, 70), rng.uniform(0, 15))  # descending colon, posterior
+    path = _jittered([right, *path, down], rng, 4.0)
+    shape = _tube(cv, path, radius * rng.uniform(0.8, 1.2, len(path)))
+    if shape is None:
+        return
+    sl, mask, coords = shape
+    region = cv.image[sl]
+    mask = mask & (labels[sl] == 0) & (region > -200) & (region < -50)  # the fat, not muscle, bone or lung
+    if mask.sum() < 50:
+        return
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=cv.spacing)[1:-1, 1:-1, 1:-1]
+    wall = depth < rng.uniform(1.5, 3.0)
+    main, cv.rng = cv.rng, rng  # texture draws from the canvas's stream: lend it this one
+    try:
+        kind = rng.random()
+        if kind < 0.65:  # gas-distended; in some a layer of stool or fluid lies at the back
+            inside = rng.uniform(-1000, -880) + cv.texture(coords, 15.0, waves=3)
+            if rng.random() < 0.4:
+                y = np.broadcast_to(coords[1], mask.shape)
+                level = np.quantile(y[mask], rng.uniform(0.6, 0.95))
+                inside = np.where(y > level, rng.uniform(-20, 40), inside)
+        elif kind < 0.85:  # stool with gas pockets
+            mottle = cv.texture(coords, 1.0, waves=10, wavelength=(5.0, 20.0))
+            inside = np.where(mottle > rng.uniform(-0.4, 0.4), -900.0, rng.uniform(-20, 60) + 25 * mottle)
+        else:
+            inside = np.full(mask.shape, rng.uniform(0, 30), np.float32)
+    finally:
+        cv.rng = main
+    hu = np.where(wall, wall_hu + rng.normal(0, 8), np.broadcast_to(inside, mask.shape)).astype(np.float32)
+    region[mask] = hu[mask]

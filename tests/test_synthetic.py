@@ -203,9 +203,27 @@ def test_jejunal_loops_fill_fat_beside_the_pancreas_only_when_asked(phantom):
     assert ((values > 40) & (values < 200)).mean() > 0.2  # walls and collapsed loops: soft-tissue dense
 
 
+def test_gastric_colon_lies_against_the_stomach_only_when_asked(phantom):
+    """``colon``: a bowel tube through the fat along the stomach's greater curvature, touching it, and
+    on to the right and down the left flank; its lumen gas, stool or fluid inside a soft-tissue wall."""
+    from scipy import ndimage
+
+    changed, drawn = _changed_by("colon", phantom)
+    cm3 = float(np.prod(phantom.spacing)) / 1000
+    from_fat = changed & (phantom.image > -200) & (phantom.image < -50)
+    assert from_fat.sum() * cm3 > 20 and from_fat.sum() > 0.95 * changed.sum(), (from_fat.sum() * cm3, changed.sum())
+    to_stomach = ndimage.distance_transform_edt(phantom.labels != 11, sampling=phantom.spacing)
+    assert (changed & (to_stomach < 4)).sum() * cm3 > 0.5  # it touches the stomach
+    assert np.quantile(to_stomach[changed], 0.5) < 60, np.quantile(to_stomach[changed], 0.5)
+    stomach_x = np.argwhere(phantom.labels == 11)[:, 2].mean()
+    assert np.argwhere(changed)[:, 2].min() < stomach_x - 30 / phantom.spacing[2]  # on across to the patient's right
+    values = drawn.image[changed]
+    assert (values < -700).mean() > 0.3 or ((values > -30) & (values < 120)).mean() > 0.8  # gas, or stool and fluid
+
+
 def test_mimics_skip_what_a_map_lacks():
-    """A map without an aorta, adrenals or pancreas gets no crura or loops, and no error."""
-    from synthetic.mimics import crura, jejunal_loops
+    """A map without an aorta, adrenals, pancreas or stomach gets no crura, loops or colon, and no error."""
+    from synthetic.mimics import crura, gastric_colon, jejunal_loops
     from synthetic.phantoms import _Canvas
 
     labels = np.zeros((30, 50, 50), np.uint8)
@@ -214,6 +232,7 @@ def test_mimics_skip_what_a_map_lacks():
     cv.image[:] = -100.0
     crura(cv, labels, 55.0, np.random.default_rng(1))
     jejunal_loops(cv, labels, 90.0, 150.0, np.random.default_rng(2))
+    gastric_colon(cv, labels, 60.0, np.random.default_rng(3))
     assert (cv.image == -100.0).all()
 
 
