@@ -205,7 +205,7 @@ def test_jejunal_loops_fill_fat_beside_the_pancreas_only_when_asked(phantom):
 
 def test_gastric_colon_lies_against_the_stomach_only_when_asked(phantom):
     """``colon``: a bowel tube through the fat along the stomach's greater curvature, touching it, and
-    on to the right and down the left flank; its lumen gas, stool or fluid inside a soft-tissue wall."""
+    on to the patient's right; its lumen gas, or stool with gas pockets, inside a soft-tissue wall."""
     from scipy import ndimage
 
     changed, drawn = _changed_by("colon", phantom)
@@ -218,7 +218,7 @@ def test_gastric_colon_lies_against_the_stomach_only_when_asked(phantom):
     stomach_x = np.argwhere(phantom.labels == 11)[:, 2].mean()
     assert np.argwhere(changed)[:, 2].min() < stomach_x - 30 / phantom.spacing[2]  # on across to the patient's right
     values = drawn.image[changed]
-    assert (values < -700).mean() > 0.3 or ((values > -30) & (values < 120)).mean() > 0.8  # gas, or stool and fluid
+    assert (values < -700).mean() > 0.3, (values < -700).mean()  # gas, in pockets at least
 
 
 def test_mimics_skip_what_a_map_lacks():
