@@ -58,7 +58,8 @@ def test_patient_left_follows_the_header_into_any_layout():
 def test_the_real_scan_with_a_mirrored_header_is_reported(tmp_path, caplog):
     """MSD_spleen_8's header puts its spleen on the patient's right; the shipped models, which learned
     where organs lie, call that spleen liver and name a spleen or stomach right of it (which of the
-    two depends on the weights: the stage-7 fine model both, stage 8's the stomach). The run says
+    two depends on the weights and precision: the stage-7 fine model both, stage 8's the stomach,
+    stage 9's the spleen in FP32 and the stomach in BF16). The run says
     so for that file alone, and goes on."""
     folder = tmp_path / "in"
     folder.mkdir()
