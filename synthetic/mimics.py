@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .phantoms import _blob, _Canvas, _tube
+from .phantoms import _blob, _Canvas, _tube, lent_stream, stool_contents
 from .vessels import AORTA, PANCREAS, _jittered, _points_mm
 
 RIGHT_KIDNEY, RIGHT_ADRENAL, LEFT_ADRENAL, LEFT_KIDNEY, STOMACH = 2, 7, 8, 13, 11
@@ -86,8 +86,7 @@ def jejunal_loops(cv: _Canvas, labels: np.ndarray, wall_hu: float, vessel_hu: fl
     seeds = np.argwhere(fat[zs[0]: zs[-1] + 1, ys[0]: ys[-1] + 1: 3, xs[0]: xs[-1] + 1: 3])
     if not len(seeds):
         return
-    main, cv.rng = cv.rng, rng  # _blob and texture draw from the canvas's stream: lend it this one
-    try:
+    with lent_stream(cv, rng):
         for _ in range(int(rng.integers(8, 20))):
             z, y, x = seeds[rng.integers(len(seeds))] * (1, 3, 3) + (zs[0], ys[0], xs[0])
             centre = np.asarray(cv.origin) + np.array([z, y, x]) * np.asarray(cv.spacing)
@@ -119,8 +118,6 @@ def jejunal_loops(cv: _Canvas, labels: np.ndarray, wall_hu: float, vessel_hu: fl
                 sl, mask, _ = shape
                 region = cv.image[sl]
                 region[mask & (labels[sl] == 0) & (region > -200) & (region < -30)] = vessel_hu + rng.normal(0, 15)
-    finally:
-        cv.rng = main
 
 
 def _greater_curvature(stomach: np.ndarray, z: float, angle: float, clearance: float) -> np.ndarray | None:
@@ -170,18 +167,14 @@ def gastric_colon(cv: _Canvas, labels: np.ndarray, wall_hu: float, rng: np.rando
         return
     depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=cv.spacing)[1:-1, 1:-1, 1:-1]
     wall = depth < rng.uniform(1.5, 3.0)
-    main, cv.rng = cv.rng, rng  # texture draws from the canvas's stream: lend it this one
-    try:
+    with lent_stream(cv, rng):
         if rng.random() < 0.8:  # gas-distended; in some a layer of stool or fluid lies at the back
             inside = rng.uniform(-1000, -880) + cv.texture(coords, 15.0, waves=3)
             if rng.random() < 0.4:
                 y = np.broadcast_to(coords[1], mask.shape)
                 level = np.quantile(y[mask], rng.uniform(0.6, 0.95))
                 inside = np.where(y > level, rng.uniform(-20, 40), inside)
-        else:  # stool with gas pockets
-            mottle = cv.texture(coords, 1.0, waves=10, wavelength=(5.0, 20.0))
-            inside = np.where(mottle > rng.uniform(-0.4, 0.4), -900.0, rng.uniform(-20, 60) + 25 * mottle)
-    finally:
-        cv.rng = main
+        else:  # stool with more gas pockets than the body's colon
+            inside = stool_contents(cv, coords, rng, gas_above=(-0.4, 0.4))
     hu = np.where(wall, wall_hu + rng.normal(0, 8), np.broadcast_to(inside, mask.shape)).astype(np.float32)
     region[mask] = hu[mask]

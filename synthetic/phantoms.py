@@ -13,7 +13,8 @@ values follow a random contrast phase, with smooth texture and scanner noise.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -322,8 +323,7 @@ def abdominal_bowel(cv: _Canvas, a: float, b: float, rng: np.random.Generator) -
     Why: the body has bowel only below the kidneys, so next to the stomach, liver and pancreas a
     network saw fat alone and called any loop there stomach or duodenum.
     """
-    main, cv.rng = cv.rng, rng  # _blob and texture draw from the canvas's stream: lend it this one
-    try:
+    with lent_stream(cv, rng):
         top = rng.uniform(0, 50)  # the flexures, above the kidneys' centre
         frame = np.array([[-160, -0.05 * b, -0.72 * a], [top, -0.3 * b, -0.68 * a], [top - 15, -0.75 * b, -0.1 * a],
                           [top + 20, -0.35 * b, 0.66 * a], [-160, -0.05 * b, 0.72 * a]])
@@ -333,8 +333,25 @@ def abdominal_bowel(cv: _Canvas, a: float, b: float, rng: np.random.Generator) -
         for _ in range(int(rng.integers(6, 16))):
             centre = (rng.uniform(-140, 40), rng.uniform(-0.75 * b, 0.15 * b), rng.uniform(-0.6 * a, 0.6 * a))
             _bowel_contents(cv, _blob(cv, centre, rng.uniform(10, 20, 3), wobble=0.2), rng, stool=False)
+
+
+@contextmanager
+def lent_stream(cv: _Canvas, rng: np.random.Generator) -> Iterator[None]:
+    """The canvas draws its shapes and textures (``_blob``, ``texture``) from ``rng`` inside the
+    block, so that an optional part drawn from a stream of its own leaves the canvas's stream as it was."""
+    main, cv.rng = cv.rng, rng
+    try:
+        yield
     finally:
         cv.rng = main
+
+
+def stool_contents(cv: _Canvas, coords: list[np.ndarray], rng: np.random.Generator, gas_above: tuple[float, float] = (0.0, 0.8)) -> np.ndarray:
+    """Colon contents over a window: stool (-20..60 HU, mottled) with gas where the mottle passes a
+    threshold drawn from ``gas_above`` (a lower threshold, more gas). Draws the texture from the
+    canvas's stream, then the threshold and the stool's HU from ``rng``."""
+    mottle = cv.texture(coords, 1.0, waves=10, wavelength=(5.0, 20.0))
+    return np.where(mottle > rng.uniform(*gas_above), -900.0, rng.uniform(-20, 60) + 25 * mottle)
 
 
 def _bowel_contents(cv: _Canvas, shape, rng: np.random.Generator, stool: bool) -> None:
@@ -345,8 +362,7 @@ def _bowel_contents(cv: _Canvas, shape, rng: np.random.Generator, stool: bool) -
     sl, mask, coords = shape
     mask = mask & (cv.image[sl] > -200) & (cv.image[sl] < -50)
     if stool:
-        mottle = cv.texture(coords, 1.0, waves=10, wavelength=(5.0, 20.0))
-        hu = np.where(mottle > rng.uniform(0.0, 0.8), -900.0, rng.uniform(-20, 60) + 25 * mottle)
+        hu = stool_contents(cv, coords, rng)
     else:
         fluid = rng.uniform(150, 400) if rng.random() < 0.25 else rng.uniform(0, 40)
         hu = np.where(cv.texture(coords, 1.0, waves=2) > 0.8, -950.0, fluid)
