@@ -221,6 +221,38 @@ def test_gastric_colon_lies_against_the_stomach_only_when_asked(phantom):
     assert (values < -700).mean() > 0.3, (values < -700).mean()  # gas, in pockets at least
 
 
+def test_enlarge_organ_scales_it_about_its_centre_over_background_only():
+    """Organomegaly: the organ grows by about the product of the factors where fat was, keeps its
+    centre, and no neighbour loses a voxel; an absent organ leaves the map as it is."""
+    from synthetic.label_maps import enlarge_organ
+
+    labels = np.zeros((40, 60, 60), np.uint8)
+    labels[10:30, 20:40, 20:40] = 3  # a 20-voxel cube
+    labels[18:22, 18:42, 41:45] = 2  # a neighbour just beside it
+    grown = enlarge_organ(labels, 3, (1.0, 1.3, 1.3))
+    assert ((grown == 2) == (labels == 2)).all()  # the neighbour keeps every voxel
+    new = (grown == 3) & (labels != 3)
+    assert (labels[new] == 0).all() and ((grown == 3) >= (labels == 3)).all()
+    assert 1.55 < (grown == 3).sum() / (labels == 3).sum() < 1.75  # 1.3 x 1.3 = 1.69, less the neighbour's place
+    np.testing.assert_allclose(np.argwhere(grown == 3).mean(0), [19.5, 29.5, 29.5], atol=1.0)
+    assert enlarge_organ(labels, 1, (1.3, 1.3, 1.3)) is labels
+
+
+def test_enlarge_grows_the_spleen_of_a_phantom_only_when_asked(phantom):
+    """``enlarge``: the spleen (and sometimes the liver) larger, over what was background; every other
+    organ's voxels as they were; at 0 the phantom is the one drawn without the option."""
+    path = LABEL_MAPS / "FLARE22_Tr_0001.nii.gz"
+    same = anatomy_phantom(path, seed=[5, 0], inplane=1.6, thickness=2.5, enlarge=0.0)
+    assert np.array_equal(same.image, phantom.image) and np.array_equal(same.labels, phantom.labels)
+    grown = anatomy_phantom(path, seed=[5, 0], inplane=1.6, thickness=2.5, enlarge=1.0)
+    assert (grown.labels == 3).sum() > 1.15 * (phantom.labels == 3).sum()
+    kept = ~np.isin(phantom.labels, (0, 1, 3))
+    assert np.array_equal(grown.labels[kept], phantom.labels[kept])
+    assert (phantom.labels[(grown.labels == 3) & (phantom.labels != 3)] == 0).all()
+    spleen = grown.image[grown.labels == 3].astype(float)
+    assert -50 < np.median(spleen) < 250  # rendered as spleen where it grew
+
+
 def test_mimics_skip_what_a_map_lacks():
     """A map without an aorta, adrenals, pancreas or stomach gets no crura, loops or colon, and no error."""
     from synthetic.mimics import crura, gastric_colon, jejunal_loops
