@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .phantoms import FAT_PAD_MM, ORIENTATIONS, Arms, Back, Phantom, _body, _Canvas, abdominal_bowel
+from .phantoms import FAT_PAD_MM, ORIENTATIONS, Arms, Back, Phantom, _body, _Canvas, abdominal_bowel, lent_stream
 from .randomise import PHASES, free_contrast, scanner, slice_profile, smooth_field, soften, tissue_values
 from .mimics import crura as draw_crura
 from .mimics import gastric_colon, jejunal_loops
@@ -28,7 +28,7 @@ LABEL_MAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "l
 # Never used for training: phantoms built from these report accuracy on real anatomy never seen.
 HOLD_OUT = tuple(f"FLARE22_Tr_{i:04d}.nii.gz" for i in (5, 10, 15, 20, 25, 30, 35, 40, 45, 50))
 # The optional parts of ``anatomy_phantom``, each a chance (a training config's phantom keys).
-ANATOMY_OPTIONS = ("arms", "muscles", "bowel", "vessels", "free_hu", "lowres", "crura", "jejunum", "colon", "enlarge")
+ANATOMY_OPTIONS = ("arms", "muscles", "bowel", "vessels", "free_hu", "lowres", "crura", "jejunum", "colon", "enlarge", "fatty")
 TISSUE_OF = {1: "liver", 2: "kidney", 3: "spleen", 4: "pancreas", 5: "aorta", 6: "ivc", 7: "adrenal", 8: "adrenal",
              9: "gallbladder", 10: "esophagus", 11: "stomach_wall", 12: "duodenum_wall", 13: "kidney"}
 
@@ -127,7 +127,8 @@ def _own_stream(seed: int | list[int], tag: int) -> np.random.Generator:
 def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = None, thickness: float | None = None,
                     lesions: bool = True, deform: bool = True, arms: float = 0.0, muscles: float = 0.0,
                     bowel: float = 0.0, vessels: float = 0.0, free_hu: float = 0.0, lowres: float = 0.0,
-                    crura: float = 0.0, jejunum: float = 0.0, colon: float = 0.0, enlarge: float = 0.0) -> Phantom:
+                    crura: float = 0.0, jejunum: float = 0.0, colon: float = 0.0, enlarge: float = 0.0,
+                    fatty: float = 0.0) -> Phantom:
     """A randomised CT phantom around the real label map at ``path`` (labels: that map, warped).
 
     ``arms``: the chance of arms down beside the trunk (real scans often have them in the field of
@@ -141,14 +142,15 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     colon along the stomach's greater curvature (``synthetic.mimics``); ``enlarge``: the chance of
     splenomegaly (the spleen scaled up 5-40 % per axis into the fat around it), with hepatomegaly in
     a third of those (``enlarge_organ``): real patients' spleens reach past the largest of
-    the training maps (an axial section of 6700 mm2 on a real scan here, 1600-7200 in the maps).
+    the training maps (an axial section of 6700 mm2 on a real scan here, 1600-7200 in the maps);
+    ``fatty``: the chance of a fatty pancreas, fat between its lobules (``fatty_infiltration``).
     Each is drawn from a stream of its own, so the rest of the phantom does not depend on it.
     """
     rng = np.random.default_rng(seed)
     arm_rng, back_rng, bowel_rng, vessel_rng, hu_rng, soft_rng = (
         _own_stream(seed, tag) for tag in (0xA125, 0xBAC4, 0xB0E1, 0x7E55, 0xF4EE, 0x50F7))
     crura_rng, jejunum_rng, colon_rng = _own_stream(seed, 0xC4A0), _own_stream(seed, 0x1E1E), _own_stream(seed, 0xC010)
-    enlarge_rng = _own_stream(seed, 0xE1A6)
+    enlarge_rng, fatty_rng = _own_stream(seed, 0xE1A6), _own_stream(seed, 0xFA77)
     labels, spacing = read_label_map(path)
     present = np.flatnonzero(labels.any(axis=(1, 2)))  # slices holding an organ
     pad = int(rng.uniform(10, 60) / spacing[0])  # some scans reach far below the organs: keep the abdomen
@@ -196,6 +198,8 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
         rows = np.arange(sl[1].start, sl[1].stop)[None, :, None]
         cv.image[sl][content] = rng.uniform(0, 30)
         cv.image[sl][content & (rows < gas_level)] = -950
+    if fatty_rng.random() < fatty:
+        fatty_infiltration(cv, labels == 4, hu["fat"], fatty_rng)
     if crura_rng.random() < crura:
         draw_crura(cv, labels, hu["muscle"], crura_rng)
     if jejunum_rng.random() < jejunum:
@@ -219,13 +223,26 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     return Phantom(image, labels, (z_spacing, inplane, inplane), world, str(rng.choice(ORIENTATIONS)))
 
 
-def _texture_over(cv: _Canvas, mask: np.ndarray, amplitude: float) -> tuple[tuple[slice, ...], np.ndarray]:
-    """The canvas's smooth texture over the bounding box of ``mask`` only (a full-volume field per
-    organ would cost seconds)."""
+def _texture_over(cv: _Canvas, mask: np.ndarray, amplitude: float, **waves: object) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The canvas's smooth texture (``_Canvas.texture``, ``waves`` its wave settings) over the
+    bounding box of ``mask`` only (a full-volume field per organ would cost seconds)."""
     idx = np.argwhere(mask)
     sl = tuple(slice(int(a), int(b) + 1) for a, b in zip(idx.min(0), idx.max(0)))
     coords = [cv.axes[a][sl[a]].reshape([-1 if i == a else 1 for i in range(3)]) for a in range(3)]
-    return sl, cv.texture(coords, amplitude)
+    return sl, cv.texture(coords, amplitude, **waves)  # type: ignore[arg-type]
+
+
+def fatty_infiltration(cv: _Canvas, mask: np.ndarray, fat_hu: float, rng: np.random.Generator) -> None:
+    """Fat between an organ's lobules, as in the ageing pancreas: where a fine random field (waves of
+    3-9 mm) passes a threshold, 20-80 % of ``mask`` becomes fat; the label stays. Real references
+    label such a pancreas, a strand of soft tissue through fat, by its outline (one here: median -7 HU)."""
+    if not mask.any():
+        return
+    with lent_stream(cv, rng):
+        sl, field = _texture_over(cv, mask, 1.0, waves=12, wavelength=(3.0, 9.0))
+    inside = mask[sl]
+    fat = inside & (field > np.quantile(field[inside], 1 - rng.uniform(0.2, 0.8)))
+    cv.image[sl][fat] = fat_hu + rng.normal(0, 10, int(fat.sum()))
 
 
 def _lesions(cv: _Canvas, labels: np.ndarray, hu: dict[str, float], rng: np.random.Generator) -> None:

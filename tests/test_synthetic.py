@@ -253,6 +253,15 @@ def test_enlarge_grows_the_spleen_of_a_phantom_only_when_asked(phantom):
     assert -50 < np.median(spleen) < 250  # rendered as spleen where it grew
 
 
+def test_fatty_pancreas_turns_part_of_it_to_fat_only_when_asked(phantom):
+    """``fatty``: fat between the pancreas's lobules, inside its outline only, the labels unchanged."""
+    changed, drawn = _changed_by("fatty", phantom, over=(4,))
+    pancreas = phantom.labels == 4
+    share = (changed & pancreas).sum() / pancreas.sum()
+    assert 0.1 < share < 0.9, share
+    assert np.median(drawn.image[changed]) < -50 < np.median(phantom.image[pancreas])  # fat where it was soft tissue
+
+
 def test_mimics_skip_what_a_map_lacks():
     """A map without an aorta, adrenals, pancreas or stomach gets no crura, loops or colon, and no error."""
     from synthetic.mimics import crura, gastric_colon, jejunal_loops
