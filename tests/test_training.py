@@ -221,6 +221,34 @@ def test_nnunet_augmentation_turns_only_the_axial_plane_and_never_mirrors():
     assert moved >= 5  # rotations and zooms did happen (p 0.2 each)
 
 
+def test_prefetch_gives_results_in_order_and_raises_a_worker_s_error():
+    import functools
+    import operator
+
+    from training.prefetch import Prefetch
+
+    for workers in (0, 2):
+        with Prefetch(functools.partial(pow, 2), workers, ahead=3) as powers:
+            assert [next(powers) for _ in range(6)] == [1, 2, 4, 8, 16, 32]
+    with Prefetch(functools.partial(operator.truediv, 1.0), 1) as inverse, pytest.raises(ZeroDivisionError):
+        next(inverse)  # 1 / 0: the worker's error, at the case that raised it
+
+
+def test_phantoms_generated_ahead_in_workers_train_the_same_tensors(tmp_path):
+    """``--workers``: phantoms made in other processes are the ones made in the training process, in
+    the same order, and every draw of the training process stays where it was (augmentation too)."""
+    from safetensors.torch import load_file
+
+    recipe = json.loads(RECIPE.read_text())
+    cfg = recipe["fine"]
+    cfg["phantoms"].update(size=96, inplane=[2.0, 2.0], thickness=[5.0, 5.0], label_maps=0.5)
+    cfg["train"].update(steps=4, pool=2, batch=1, checkpoint_every=100, refresh_every=2, patch_size=[16, 32, 32], augment="nnunet")
+    logs = {n: train_role("fine", cfg, recipe, tmp_path / str(n), torch.device("cpu"), workers=n) for n in (0, 2)}
+    assert logs[0]["phantoms_generated"] == logs[2]["phantoms_generated"] == 3
+    a, b = (load_file(tmp_path / str(n) / "fine" / "model.safetensors") for n in (0, 2))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_the_recipe_with_nnunet_augmentation_is_repeatable(tmp_path):
     from safetensors.torch import load_file
 

@@ -5,15 +5,18 @@ engine's own resampling (trilinear images, nearest labels), so the networks see 
 feeds them. Seeds are fixed in the config: the same config, package versions and thread count
 reproduce the shipped tensors.
 
-    python -m training.train --config training/config.json --out weights [--role coarse|fine|both] [--device cpu|cuda] [--resume] [--init WEIGHTS]
+    python -m training.train --config training/config.json --out weights [--role coarse|fine|both] [--device cpu|cuda] [--resume] [--init WEIGHTS] [--workers N]
 
 ``--resume`` loads the warm-restart cycles already finished in ``OUT/checkpoints/`` (a cycle depends
-only on the weights it starts from and its seed, so this equals re-running them).
+only on the weights it starts from and its seed, so this equals re-running them). ``--workers N``
+generates the phantoms ahead in N processes (``training.prefetch``): the same phantoms in the same
+order, so the same tensors, with the GPU fed while they are made.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -34,6 +37,7 @@ from app.resample import resize_image, resize_labels
 from app.unet import UNet3D, UNetConfig, count_macs, count_parameters
 from synthetic.label_maps import ANATOMY_OPTIONS, anatomy_phantom, label_map_files
 from synthetic.phantoms import generate
+from training.prefetch import Prefetch
 
 LABEL_NAMES = {"0": "background", **{str(i): n for i, n in FLARE_LABELS.items()}}
 BINARY_NAMES = {"0": "background", "1": "foreground"}  # a coarse model only has to find the organs
@@ -245,12 +249,27 @@ def cycle_lengths(tr: dict) -> list[int]:
     return [int(steps)] if isinstance(steps, int) else [int(s) for s in steps]
 
 
-def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, config: dict, seed: int, steps: int, out: Path, device: torch.device) -> dict:
+def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, config: dict, seed: int, steps: int, out: Path, device: torch.device,
+                workers: int = 0) -> dict:
     """One cycle: fresh optimiser, poly learning rate over ``steps``, fresh phantom pool from ``seed``.
 
     A cycle depends only on the weights it starts from and its seed, so a finished cycle's
-    checkpoint can stand in for re-running it.
+    checkpoint can stand in for re-running it. ``workers``: processes that generate its phantoms ahead.
     """
+    volumes = Prefetch(functools.partial(volume_arrays, seed, role, cfg, recipe["intensity"]), workers, initializer=_generation_worker)
+    try:
+        return _train_cycle(net, role, cfg, config, seed, steps, out, device, volumes)
+    finally:
+        volumes.close()
+
+
+def _train_cycle(net: UNet3D, role: str, cfg: dict, config: dict, seed: int, steps: int, out: Path, device: torch.device,
+                 volumes: Prefetch[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """``train_cycle``'s body; ``volumes`` gives the cycle's phantoms, ``[seed, 0]``, ``[seed, 1]``, ... in order."""
+    def next_volume() -> tuple[torch.Tensor, torch.Tensor]:
+        image, labels = next(volumes)
+        return torch.from_numpy(image), torch.from_numpy(labels)
+
     rng = np.random.default_rng(seed)
     tr = cfg["train"]
     patch = tuple(tr.get("patch_size", cfg["input"]["patch_size"]))
@@ -267,7 +286,7 @@ def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, config: dict, s
     next_case = 0
     t0 = time.time()
     for _ in range(tr["pool"]):
-        sampler.add(*training_volume([seed, next_case], role, cfg, recipe["intensity"]))
+        sampler.add(*next_volume())
         next_case += 1
     print(f"[{role}] seed {seed}: pool of {tr['pool']} phantoms in {time.time() - t0:.0f} s", flush=True)
 
@@ -283,7 +302,7 @@ def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, config: dict, s
     t_train = time.time()
     for step in range(steps):
         if step and step % tr["refresh_every"] == 0:
-            sampler.add(*training_volume([seed, next_case], role, cfg, recipe["intensity"]), slot=next_case % tr["pool"])
+            sampler.add(*next_volume(), slot=next_case % tr["pool"])
             next_case += 1
         x, y = draw()
         net.train()
@@ -323,11 +342,23 @@ def stored_statistics_start(net: UNet3D, role: str, cfg: dict, recipe: dict, see
     return with_stored_statistics(net, patches)
 
 
-def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.device, resume: bool = False, init: Path | None = None) -> dict:
+def volume_arrays(seed: int, role: str, cfg: dict, intensity: dict, case: int) -> tuple[np.ndarray, np.ndarray]:
+    """``training_volume([seed, case], ...)`` as arrays, which a worker process hands back cheaply."""
+    image, labels = training_volume([seed, case], role, cfg, intensity)
+    return image.numpy(), labels.numpy()
+
+
+def _generation_worker() -> None:
+    """A phantom worker computes with one thread: the machine's cores are shared among the workers."""
+    torch.set_num_threads(1)
+
+
+def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.device, resume: bool = False, init: Path | None = None,
+               workers: int = 0) -> dict:
     """Every cycle of one role; with ``resume``, cycles whose checkpoint exists in ``out`` are loaded.
 
     ``init``: a weights folder (``init/<role>/model.safetensors``) to start from instead of random
-    weights, for fine-tuning a trained pair on new data.
+    weights, for fine-tuning a trained pair on new data; ``workers``: see ``train_cycle``.
     """
     import hashlib
 
@@ -365,7 +396,7 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
             continue
         if k:  # cycle 0 draws from the stream seeded before the network was built
             torch.manual_seed(seed)
-        log = train_cycle(net, role, cfg, recipe, config, seed, steps, out, device)
+        log = train_cycle(net, role, cfg, recipe, config, seed, steps, out, device, workers)
         save_model(done, net, config)
         (done / "cycle_log.json").write_text(json.dumps(log, indent=1) + "\n")
         cycles.append(log)
@@ -402,6 +433,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=None, help="override the step count with one cycle (for quick checks)")
     ap.add_argument("--resume", action="store_true", help="load the cycles already finished in OUT/checkpoints instead of re-running them")
     ap.add_argument("--init", type=Path, default=None, help="start from the weights in INIT/<role>/ (fine-tuning) instead of random ones")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="processes that generate phantoms ahead (default 0: in this process); the same tensors either way")
     args = ap.parse_args(argv)
     recipe = json.loads(args.config.read_text())
     check_recipe(recipe)
@@ -409,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = recipe[role]
         if args.steps:
             cfg["train"]["steps"] = args.steps
-        print(json.dumps(train_role(role, cfg, recipe, args.out, torch.device(args.device), args.resume, args.init)), flush=True)
+        print(json.dumps(train_role(role, cfg, recipe, args.out, torch.device(args.device), args.resume, args.init, args.workers)), flush=True)
 
 
 if __name__ == "__main__":
