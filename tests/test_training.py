@@ -245,6 +245,7 @@ def test_phantoms_generated_ahead_in_workers_train_the_same_tensors(tmp_path):
     cfg["train"].update(steps=4, pool=2, batch=1, checkpoint_every=100, refresh_every=2, patch_size=[16, 32, 32], augment="nnunet")
     logs = {n: train_role("fine", cfg, recipe, tmp_path / str(n), torch.device("cpu"), workers=n) for n in (0, 2)}
     assert logs[0]["phantoms_generated"] == logs[2]["phantoms_generated"] == 3
+    assert [logs[n]["phantom_workers"] for n in (0, 2)] == [0, 2]
     a, b = (load_file(tmp_path / str(n) / "fine" / "model.safetensors") for n in (0, 2))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

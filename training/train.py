@@ -417,6 +417,7 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
         "gmac_per_inference_patch": round(count_macs(net, tuple(cfg["input"]["patch_size"])) / 1e9, 2),
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "phantom_workers": workers,  # the times depend on it, the tensors do not
         "seed": base,
         **({"initialised_from": start} if start else {}),
     }
