@@ -140,8 +140,9 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     small-bowel loops and mesenteric vessels beside the pancreas, and ``colon`` of a gas-distended
     colon along the stomach's greater curvature (``synthetic.mimics``); ``enlarge``: the chance of
     splenomegaly (the spleen scaled up 5-40 % per axis into the fat around it), with hepatomegaly in
-    a third of those (``enlarge_organ``): real patients' spleens reach past the largest of
-    the training maps (an axial section of 6700 mm2 on a real scan here, 1600-7200 in the maps);
+    a third of those (``enlarge_organ``): a large spleen is common in real scans, rare in the
+    training maps (an axial section of 6700 mm2 on a real scan here; 1600-7200 in the 40 maps,
+    three above 6700);
     ``fatty``: the chance of a fatty pancreas, fat between its lobules (``fatty_infiltration``).
     Each is drawn from a stream of its own, so the rest of the phantom does not depend on it.
     """
