@@ -80,7 +80,8 @@ def enlarge_organ(labels: np.ndarray, organ: int, factors: tuple[float, float, f
     over background only: organomegaly keeps the organ's shape and its neighbours; nearest labels."""
     from scipy import ndimage
 
-    idx = np.argwhere(labels == organ)
+    mask = labels == organ
+    idx = np.argwhere(mask)
     if not len(idx):
         return labels
     centre, f = idx.mean(0), np.asarray(factors, np.float64)
@@ -89,7 +90,7 @@ def enlarge_organ(labels: np.ndarray, organ: int, factors: tuple[float, float, f
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     axes = [((np.arange(a, b) - c) / s + c).astype(np.float32) for a, b, c, s in zip(lo, hi, centre, f)]
     coords = np.stack(np.meshgrid(*axes, indexing="ij"))
-    grown = ndimage.map_coordinates((labels == organ).astype(np.uint8), coords, order=0, mode="constant", cval=0) > 0
+    grown = ndimage.map_coordinates(mask.astype(np.uint8), coords, order=0, mode="constant", cval=0) > 0
     out = labels.copy()
     out[box][grown & (out[box] == 0)] = organ
     return out
