@@ -5,7 +5,8 @@ network keeps only shape and context; here the draws stay near CT physics: per-t
 means around real values in every contrast phase (native, arterial, portal venous, delayed), or on
 request drawn freely for every organ, then the scanner: slice profile and reconstruction blur
 (partial volume), a smooth bias, correlated noise, metal with its streaks, a truncated
-reconstruction circle, and on request an archive copy's lower in-plane resolution. Pure functions
+reconstruction circle, and on request an archive copy's lower in-plane resolution or its blocks
+(a low-resolution copy brought back to its grid). Pure functions
 of an image, its spacing and a ``numpy`` generator.
 """
 
@@ -57,6 +58,49 @@ def soften(image: np.ndarray, spacing: tuple[float, float, float], rng: np.rando
     sigma = rng.uniform(*sigma_mm)
     out = ndimage.gaussian_filter(image.astype(np.float32), (0, sigma / spacing[1], sigma / spacing[2]), mode="nearest")
     return np.rint(out).astype(np.int16)
+
+
+def archive_copy(image: np.ndarray, spacing: tuple[float, float, float], rng: np.random.Generator,
+                 block_mm: tuple[tuple[float, float], tuple[float, float]] = ((5.0, 30.0), (1.5, 4.0)),
+                 nearest: float = 0.7) -> np.ndarray:
+    """A scan as a low-resolution archive copy brought back to its own grid: the mean over blocks of
+    ``block_mm`` (z, in-plane; a block at least one voxel) and, with chance ``nearest``, each block
+    repeated (a thumbnail upsampled nearest-neighbour, every block of voxels alike), else linear
+    between block centres. int16 in, int16 out.
+
+    Why: real scans reach users that way (a teaching copy, a sample set: one here is 4 x 4 pixels and
+    4 slices of 7.5 mm per block), and the fine model, having seen only sharp grids, loses whole
+    organs on them (a real scan's spleen from 0.78 to 0.02 DSC with 20 mm blocks).
+    """
+    out = image.astype(np.float32)
+    linear = rng.random() >= nearest
+    for axis, (lo, hi) in zip(range(3), (block_mm[0], block_mm[1], block_mm[1])):
+        n = out.shape[axis]
+        size = max(1, int(round(rng.uniform(lo, hi) / spacing[axis])))
+        if size == 1 or n < 2:
+            continue
+        phase = int(rng.integers(0, size))  # where the first full block starts
+        starts = np.unique(np.r_[0, np.arange(phase, n, size)])
+        counts = np.diff(np.r_[starts, n])
+        shape = [1, 1, 1]
+        shape[axis] = len(starts)
+        means = np.add.reduceat(out, starts, axis=axis) / counts.reshape(shape)
+        out = _blocks_back(means, axis, starts, counts, linear)
+    return np.rint(out).astype(np.int16)
+
+
+def _blocks_back(means: np.ndarray, axis: int, starts: np.ndarray, counts: np.ndarray, linear: bool) -> np.ndarray:
+    """Block means along ``axis`` back to one value per voxel: repeated, or linear between block centres."""
+    if not linear or len(starts) < 2:
+        return np.repeat(means, counts, axis=axis)
+    centres = starts + (counts - 1) / 2
+    pos = np.arange(int(starts[-1] + counts[-1]))
+    i = np.clip(np.searchsorted(centres, pos, side="right") - 1, 0, len(centres) - 2)
+    w = np.clip((pos - centres[i]) / (centres[i + 1] - centres[i]), 0.0, 1.0).astype(np.float32)
+    shape = [1, 1, 1]
+    shape[axis] = len(pos)
+    w = w.reshape(shape)
+    return np.take(means, i, axis=axis) * (1 - w) + np.take(means, i + 1, axis=axis) * w
 
 
 @dataclass(frozen=True)

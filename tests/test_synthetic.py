@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from synthetic.label_maps import HOLD_OUT, LABEL_MAPS, anatomy_phantom, label_map_files, read_label_map
-from synthetic.randomise import (ORGAN_TISSUES, PHASES, TISSUE_HU, free_contrast, scanner, slice_profile, smooth_field, soften,
-                                 tissue_values, truncate_field_of_view)
+from synthetic.randomise import (ORGAN_TISSUES, PHASES, TISSUE_HU, archive_copy, free_contrast, scanner, slice_profile, smooth_field,
+                                 soften, tissue_values, truncate_field_of_view)
 
 
 def test_the_label_maps_are_there_and_ten_are_held_out():
@@ -260,6 +260,44 @@ def test_fatty_pancreas_turns_part_of_it_to_fat_only_when_asked(phantom):
     share = (changed & pancreas).sum() / pancreas.sum()
     assert 0.1 < share < 0.9, share
     assert np.median(drawn.image[changed]) < -50 < np.median(phantom.image[pancreas])  # fat where it was soft tissue
+
+
+def test_archive_copy_repeats_block_means_or_interpolates_between_them():
+    """Blocks of 12 mm along z and 4 mm in-plane on a (3, 1, 1) mm grid: 4 voxels a side. Repeated,
+    each block is one value, the block's mean (the volume's mean kept); linear, a ramp comes back as
+    the ramp between the first and last block centres; blocks under a voxel leave the image as it is."""
+    rng = np.random.default_rng(3)
+    ramp = np.broadcast_to((np.arange(40) * 10.0)[:, None, None], (40, 24, 24)).astype(np.int16)
+    noisy = (ramp + rng.normal(0, 30, ramp.shape)).astype(np.int16)
+    blocks = ((12.0, 12.0), (4.0, 4.0))
+    stairs = archive_copy(noisy, (3.0, 1.0, 1.0), np.random.default_rng(0), blocks, nearest=1.0)
+    assert stairs.dtype == np.int16 and stairs.shape == noisy.shape
+    for axis in range(3):
+        steps = (np.diff(stairs.astype(int), axis=axis) != 0).any(axis=tuple(a for a in range(3) if a != axis))
+        assert steps.sum() <= noisy.shape[axis] // 4  # a value changes only between blocks
+    assert abs(stairs.mean() - noisy.mean()) < 0.5
+    clean = archive_copy(ramp, (3.0, 1.0, 1.0), np.random.default_rng(0), blocks, nearest=1.0)  # same draw, same blocks
+    assert (stairs.astype(int) - clean).std() < 30 / 8 + 1  # the mean of 64 voxels: the noise an eighth
+    smooth = archive_copy(ramp, (3.0, 1.0, 1.0), np.random.default_rng(0), blocks, nearest=0.0)
+    assert np.abs(smooth[4:-4].astype(int) - ramp[4:-4]).max() <= 1  # linear between centres: the ramp itself
+    assert len(np.unique(smooth[:, 0, 0])) > 20  # not a staircase
+    fine = archive_copy(noisy, (3.0, 1.0, 1.0), np.random.default_rng(0), ((0.5, 1.0), (0.1, 0.4)))
+    assert np.array_equal(fine, noisy)
+
+
+def test_archive_option_blocks_the_image_only_when_asked(phantom):
+    """``archive``: the same phantom, its labels as they were, its image a low-resolution copy on the
+    same grid (organ means kept, voxel noise averaged away); at 0 the phantom drawn without it."""
+    path = LABEL_MAPS / "FLARE22_Tr_0001.nii.gz"
+    same = anatomy_phantom(path, seed=[5, 0], inplane=1.6, thickness=2.5, archive=0.0)
+    assert np.array_equal(same.image, phantom.image)
+    copy = anatomy_phantom(path, seed=[5, 0], inplane=1.6, thickness=2.5, archive=1.0)
+    assert np.array_equal(copy.labels, phantom.labels) and copy.spacing == phantom.spacing
+    liver = phantom.labels == 1
+    assert abs(np.median(copy.image[liver]) - np.median(phantom.image[liver])) < 15
+    pairs = liver[1:] & liver[:-1]  # neighbours along z, both in the liver
+    step = {k: np.abs(np.diff(ph.image.astype(int), axis=0))[pairs].mean() for k, ph in (("copy", copy), ("scan", phantom))}
+    assert step["copy"] < 0.7 * step["scan"], step
 
 
 def test_mimics_skip_what_a_map_lacks():
