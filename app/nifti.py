@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .orientation import Orientation, orientation_from_direction
+from .upsampled import describe, repeated_planes
 
 SUFFIXES = (".nii.gz", ".nii")
 MIN_BODY_HU = -200.0  # a CT in Hounsfield units has air (about -1000) somewhere in its field of view
@@ -301,6 +302,8 @@ def _check_values(array: np.ndarray, geo: Geometry) -> list[str]:
         warnings.append(f"only {min(geo.size)} voxels along one axis (size {list(geo.size)}); results will be unreliable")
     if max(geo.spacing) >= 8:
         warnings.append(f"coarse spacing {max(geo.spacing):g} mm; thin organs may be missed")
+    if runs := repeated_planes(array):
+        warnings.append(describe(runs, tuple(geo.spacing[::-1])))
     return warnings
 
 

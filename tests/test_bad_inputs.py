@@ -89,6 +89,7 @@ KINDS: dict[str, str] = {
     "negative_spacing_0000.nii.gz": "fail:has voxel size -2.5 mm along z",
     "zero_spacing_0000.nii.gz": "fail:has voxel size 0 mm along y",
     "thick_10mm_0000.nii.gz": "warn:coarse spacing 10 mm",
+    "upsampled_0000.nii.gz": "warn:repeats slices in runs of 2 (about 5 mm, not 2.5), rows in runs of 2",
     "cube_8_0000.nii.gz": "ok",
     "tiny_0000.nii.gz": "warn:only 4 voxels along one axis",
     "one_slice_0000.nii.gz": "warn:only 1 voxels along one axis",
@@ -149,6 +150,8 @@ def _build(folder: Path) -> None:
     _patched(folder, "negative_spacing_0000", body, {88: struct.pack("<f", -2.5)})
     _patched(folder, "zero_spacing_0000", body, {84: struct.pack("<f", 0.0)})
     write_image(folder / "thick_10mm_0000.nii.gz", body[::4], spacing=(0.8, 0.8, 10.0))
+    thumbnail = body[::2, ::2, ::2] + np.random.default_rng(1).normal(0, 15, (8, 24, 24)).astype(np.int16)  # a scan has noise
+    write_image(folder / "upsampled_0000.nii.gz", thumbnail.repeat(2, 0).repeat(2, 1).repeat(2, 2), spacing=spacing)
     write_image(folder / "cube_8_0000.nii.gz", _body((8, 8, 8)))
     write_image(folder / "tiny_0000.nii.gz", body[6:10, 20:26, 20:26])
     write_image(folder / "one_slice_0000.nii.gz", body[8:9], spacing=spacing)

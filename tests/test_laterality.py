@@ -72,3 +72,5 @@ def test_the_real_scan_with_a_mirrored_header_is_reported(tmp_path, caplog):
     assert list(flagged) == ["MSD_spleen_8_0000.nii.gz"] and set(flagged["MSD_spleen_8_0000.nii.gz"]) <= {"spleen", "stomach"}
     lines = [m for m in caplog.messages if "right of the liver" in m]
     assert len(lines) == 1 and lines[0].startswith("MSD_spleen_8_0000.nii.gz: ") and "header may swap left and right" in lines[0]
+    blocky = [m for m in caplog.messages if "upsampled from a coarser copy" in m]  # and the user learns it is a thumbnail
+    assert len(blocky) == 1 and blocky[0].startswith("MSD_spleen_8_0000.nii.gz: repeats slices in runs of 4 (about 30 mm, not 7.5)")
