@@ -18,9 +18,10 @@ SAMPLE = 65536
 
 def repeated_planes(array: np.ndarray, stride: int = 4) -> dict[int, int]:
     """Axes along which neighbouring planes repeat, each with the typical run length (planes per
-    block), for a volume with noise (a piecewise-constant drawing repeats everywhere and says
-    nothing). Planes are compared on every ``stride``-th voxel of the other axes: a plane that
-    differs by noise differs there too, and the test costs ``stride**2`` times less."""
+    block: the median over runs not cut by the scan's ends), for a volume with noise (a
+    piecewise-constant drawing repeats everywhere and says nothing). Planes are compared on every
+    ``stride``-th voxel of the other axes: a plane that differs by noise differs there too, and the
+    test costs ``stride**2`` times less."""
     flat = array.reshape(-1)
     sample = flat[np.random.default_rng(0).integers(0, flat.size, min(SAMPLE, flat.size))]
     if len(np.unique(sample)) < MIN_DISTINCT:
@@ -37,8 +38,9 @@ def repeated_planes(array: np.ndarray, stride: int = 4) -> dict[int, int]:
             continue
         same = (planes[1:] == planes[:-1]).all(axis=1)
         if same[pairs].mean() >= MIN_REPEAT:
-            ends = np.flatnonzero(~same)  # the last plane of each run but the final one
-            runs[axis] = int(np.median(np.diff(np.r_[-1, ends, len(same)])))
+            lengths = np.diff(np.r_[-1, np.flatnonzero(~same), len(same)])  # planes per run
+            inner = lengths[1:-1]  # the first and last runs may be cut by the scan's ends
+            runs[axis] = int(np.median(inner)) if len(inner) else int(lengths.max())
     return runs
 
 

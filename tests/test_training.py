@@ -285,18 +285,32 @@ def test_evaluate_scores_the_real_scans_alone_on_the_organs_each_reference_has(t
     """``--cases 0 --anatomy 0``: the real scans only (how a run's checkpoints are followed), each
     scored on the organs its partial reference holds, in the JSON, the tables and the printout."""
     from evaluation.metrics import ORGANS
-    from training.evaluate import SHARED, main
+    import SimpleITK as sitk
+
+    from app.upsampled import repeated_planes
+    from training.evaluate import BLOCKED, SHARED, main
 
     weights = Path(__file__).resolve().parents[1] / "weights"
-    main(["--weights", str(weights), "--out", str(tmp_path / "eval"), "--cases", "0", "--anatomy", "0"])
+    main(["--weights", str(weights), "--out", str(tmp_path / "eval"), "--cases", "0", "--anatomy", "0", "--blocked"])
     result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    assert "phantoms" not in result and "anatomy" not in result and len(result["timings"]) == 3
+    assert "phantoms" not in result and "anatomy" not in result and len(result["timings"]) == 3 + len(BLOCKED)
     present = json.loads((SHARED / "labels_source.json").read_text())["cases"]
     assert sorted(result["real"]) == sorted(f"{name}.nii.gz" for name in present)
     for name, scores in result["real"].items():
         assert list(scores) == [ORGANS[i - 1] for i in present[name.split(".")[0]]["labels_present"]]
     assert (tmp_path / "eval" / "evaluation.md").read_text().startswith("| real scan |")
     assert "TS_example_sm.nii.gz mean " in capsys.readouterr().out
+    # --blocked: the TS examples as low-resolution copies, blocks as BLOCKED says, scored on the same organs
+    assert list(result["blocked"]) == sorted(f"{scan}_z{z:g}mm_xy{xy:g}mm.nii.gz" for scan, z, xy in BLOCKED)
+    for name, scores in result["blocked"].items():
+        scan = name.rsplit("_z", 1)[0]
+        assert list(scores) == [ORGANS[i - 1] for i in present[scan]["labels_present"]]
+        image = sitk.ReadImage(str(tmp_path / "eval" / "blocked" / "images" / name.replace(".nii.gz", "_0000.nii.gz")))
+        source = sitk.ReadImage(str(SHARED / "images" / f"{scan}_0000.nii.gz"))
+        assert (image.GetSpacing(), image.GetOrigin(), image.GetDirection()) == (source.GetSpacing(), source.GetOrigin(), source.GetDirection())
+        _, z, xy = next(b for b in BLOCKED if name.startswith(f"{b[0]}_z{b[1]:g}mm_xy{b[2]:g}mm"))
+        runs = {axis: round(mm / step) for axis, (mm, step) in enumerate(zip((z, xy, xy), source.GetSpacing()[::-1])) if round(mm / step) > 1}
+        assert repeated_planes(sitk.GetArrayFromImage(image)) == runs
 
 
 def test_warmup_ramps_the_poly_schedule_and_zero_warmup_is_the_poly_schedule():

@@ -24,6 +24,7 @@ def test_a_scan_with_noise_repeats_nothing():
 def test_repeated_slices_and_pixels_are_found_with_their_run_length():
     coarse = _scan((8, 32, 32))
     assert repeated_planes(coarse.repeat(3, 0)) == {0: 3}
+    assert repeated_planes(coarse.repeat(5, 0)[3:-4]) == {0: 5}  # runs of 2 and 1 where the scan's ends cut them
     assert repeated_planes(coarse.repeat(4, 1).repeat(4, 2)) == {1: 4, 2: 4}
     text = describe({0: 4, 1: 4}, (7.5, 0.8, 0.8))
     assert "slices in runs of 4 (about 30 mm, not 7.5)" in text and "rows in runs of 4 (about 3.2 mm, not 0.8)" in text

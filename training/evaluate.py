@@ -9,6 +9,10 @@ accuracy claims.
 
     python -m training.evaluate --weights weights --out eval_out [--cases 4] [--anatomy 4] [--seed 424242]
 
+``--blocked`` adds the two TotalSegmentator examples as low-resolution copies (blocks of voxels
+averaged and repeated, ``BLOCKED``), scored like the real scans: how a model copes with thumbnails
+such as MSD_spleen_8, on real anatomy and real HU with full references.
+
 ``--cases 0 --anatomy 0`` scores the real scans alone (12.5 s for the shipped pair on the 2-core
 development machine, 2026-12-02). To follow a training run, ``--checkpoints W/checkpoints/fine.*``
 scores each folder that way as the fine model beside ``--weights``' coarse model, and writes a
@@ -28,8 +32,13 @@ from app.pipeline import Options, predict_folder
 from evaluation.metrics import ORGANS, score_folder
 from synthetic.label_maps import anatomy_phantom, label_map_files
 from synthetic.phantoms import generate, write
+from synthetic.randomise import archive_copy
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
+# (scan, block along z in mm, in-plane in mm): 1-10 slices, 1-4 pixels a block (TS_example_sm: 3 mm
+# voxels; TS_example_dicom: 2 x 0.98 x 0.98 mm); MSD_spleen_8 has 30 x 3.1 x 3.1 mm blocks
+BLOCKED = (("TS_example_sm", 12.0, 3.0), ("TS_example_sm", 30.0, 3.0), ("TS_example_dicom", 2.0, 3.9),
+           ("TS_example_dicom", 10.0, 3.9), ("TS_example_dicom", 20.0, 3.9))
 
 
 def phantom_set(out: Path, n: int, seed: int) -> None:
@@ -48,6 +57,24 @@ def anatomy_set(out: Path, n: int, seed: int) -> None:
         write(ph, out / "images" / f"{name}_0000.nii.gz", out / "labels" / f"{name}.nii.gz")
 
 
+def blocked_set(out: Path, seed: int) -> None:
+    """``BLOCKED``: each scan's blocks repeated (``randomise.archive_copy``, nearest), its geometry and
+    reference as they are."""
+    import SimpleITK as sitk
+
+    for i, (scan, z_mm, xy_mm) in enumerate(BLOCKED):
+        image = sitk.ReadImage(str(SHARED / "images" / f"{scan}_0000.nii.gz"))
+        array = archive_copy(sitk.GetArrayFromImage(image), image.GetSpacing()[::-1], np.random.default_rng([seed, i]),
+                             ((z_mm, z_mm), (xy_mm, xy_mm)), nearest=1.0)
+        copy = sitk.GetImageFromArray(array)
+        copy.CopyInformation(image)
+        name = f"{scan}_z{z_mm:g}mm_xy{xy_mm:g}mm"
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        (out / "labels").mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(copy, str(out / "images" / f"{name}_0000.nii.gz"))
+        shutil.copyfile(SHARED / "labels" / f"{scan}.nii.gz", out / "labels" / f"{name}.nii.gz")
+
+
 def scored_set(folder: Path, masks: Path, opts: Options) -> dict:
     """Predict a generated set and score it: per-organ means and the organ mean."""
     predict_folder(folder / "images", masks, opts)
@@ -58,20 +85,22 @@ def scored_set(folder: Path, masks: Path, opts: Options) -> dict:
     return result
 
 
-def real_scores(masks: Path, opts: Options) -> dict:
-    """The labelled real scans, each scored on the organs its (partial) reference holds."""
-    predict_folder(SHARED / "images", masks, opts)
+def real_scores(masks: Path, opts: Options, folder: Path = SHARED) -> dict:
+    """The labelled real scans (or their copies in ``folder``, named ``<scan>_...``), each scored on
+    the organs its (partial) reference holds."""
+    predict_folder(folder / "images", masks, opts)
     present = {name: case["labels_present"] for name, case in json.loads((SHARED / "labels_source.json").read_text())["cases"].items()}
     real = {}
-    for s in score_folder(masks, SHARED / "labels", "flare22", workers=2, progress=False):
-        organs = [ORGANS[i - 1] for i in present[s.name.split(".")[0]]]
+    for s in sorted(score_folder(masks, folder / "labels", "flare22", workers=2, progress=False), key=lambda s: s.name):
+        organs = [ORGANS[i - 1] for i in present[next(k for k in present if s.name.startswith(k))]]
         real[s.name] = {o: {"dsc": round(s.dsc[o], 4), "nsd": round(s.nsd[o], 4)} for o in organs}
     return real
 
 
-def checkpoint_rows(coarse: Path, checkpoints: list[Path], out: Path) -> list[dict]:
+def checkpoint_rows(coarse: Path, checkpoints: list[Path], out: Path, blocked: Path | None = None) -> list[dict]:
     """Each fine-model folder (a run's checkpoints) with ``coarse`` through the pipeline on the real
-    scans: per-scan mean DSC and the mean over every scored organ of all of them, to follow a run."""
+    scans: per-scan mean DSC and the mean over every scored organ of all of them, to follow a run;
+    with ``blocked`` (a ``blocked_set`` folder) also the mean over every organ of those copies."""
     rows = []
     for ck in checkpoints:
         name = f"{ck.parent.parent.name}.{ck.name}" if ck.parent.name == "checkpoints" else ck.name
@@ -79,10 +108,14 @@ def checkpoint_rows(coarse: Path, checkpoints: list[Path], out: Path) -> list[di
         weights.mkdir(parents=True)
         (weights / "coarse").symlink_to(coarse.resolve(), target_is_directory=True)
         (weights / "fine").symlink_to(ck.resolve(), target_is_directory=True)
-        real = real_scores(out / "masks" / name, Options(weights=weights, device="cpu", precision="fp32", progress=False))
+        opts = Options(weights=weights, device="cpu", precision="fp32", progress=False)
+        real = real_scores(out / "masks" / name, opts)
         dsc = {scan: [v["dsc"] for v in organs.values()] for scan, organs in real.items()}
         rows.append({"checkpoint": name, **{scan: float(np.mean(v)) for scan, v in dsc.items()},
                      "organs": sum(len(v) for v in dsc.values()), "organ_mean": float(np.mean([d for v in dsc.values() for d in v]))})
+        if blocked is not None:
+            copies = [v["dsc"] for organs in real_scores(out / "blocked_masks" / name, opts, blocked).values() for v in organs.values()]
+            rows[-1].update(blocked_organs=len(copies), blocked_mean=float(np.mean(copies)))
     return rows
 
 
@@ -102,7 +135,7 @@ def markdown(result: dict) -> str:
         lines += [f"| {o} | " + " | ".join(cell[k](o) for k in sets) + " |" for o in [*ORGANS, "Lesion"]]
         lines += ["| **organ mean** | " + " | ".join(f"**{cell[k]('organ_mean')}**" for k in sets) + " |", ""]
     lines += ["| real scan | organ: DSC / NSD |", "|---|---|"]
-    for name, organs in result["real"].items():
+    for name, organs in {**result["real"], **result.get("blocked", {})}.items():
         lines.append(f"| {name.split('.')[0]} | " + ", ".join(f"{o} {v['dsc']:.3f} / {v['nsd']:.3f}" for o, v in organs.items()) + " |")
     lines += ["", "| case | read | coarse | roi | fine | cleanup | write | total (s) | ROI share |", "|---|---|---|---|---|---|---|---|---|"]
     for t in result["timings"]:
@@ -113,8 +146,11 @@ def markdown(result: dict) -> str:
 def checkpoint_markdown(rows: list[dict]) -> str:
     """``checkpoint_rows`` as a table: a row per checkpoint, a column per real scan."""
     scans = [k for k in rows[0] if k.endswith(".nii.gz")]
-    lines = ["| checkpoint | " + " | ".join(s.split(".")[0] for s in scans) + f" | all {rows[0]['organs']} organs |", "|---" * (len(scans) + 2) + "|"]
-    lines += [f"| {r['checkpoint']} | " + " | ".join(f"{r[s]:.3f}" for s in scans) + f" | {r['organ_mean']:.3f} |" for r in rows]
+    extra = [f"blocked copies, {rows[0]['blocked_organs']} organs"] if "blocked_mean" in rows[0] else []
+    lines = ["| checkpoint | " + " | ".join(s.split(".")[0] for s in scans) + f" | all {rows[0]['organs']} organs | " + " | ".join(extra) + (" |" if extra else ""),
+             "|---" * (len(scans) + 2 + len(extra)) + "|"]
+    lines += [f"| {r['checkpoint']} | " + " | ".join(f"{r[s]:.3f}" for s in scans) + f" | {r['organ_mean']:.3f} |"
+              + (f" {r['blocked_mean']:.3f} |" if extra else "") for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -125,12 +161,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cases", type=int, default=4, help="held-out geometric phantoms (0: none)")
     ap.add_argument("--anatomy", type=int, default=4, help="phantoms around this many of the held-out label maps (0: none)")
     ap.add_argument("--seed", type=int, default=424242)
+    ap.add_argument("--blocked", action="store_true", help="also score low-resolution copies of the TotalSegmentator examples (BLOCKED)")
     ap.add_argument("--checkpoints", type=Path, nargs="+", default=None,
                     help="fine-model folders (e.g. W/checkpoints/fine.seed*.step*) to score on the real scans alone, each with --weights' coarse model")
     args = ap.parse_args(argv)
     shutil.rmtree(args.out, ignore_errors=True)
+    if args.blocked:
+        blocked_set(args.out / "blocked", args.seed)
     if args.checkpoints:
-        rows = checkpoint_rows(args.weights / "coarse", args.checkpoints, args.out)
+        rows = checkpoint_rows(args.weights / "coarse", args.checkpoints, args.out, args.out / "blocked" if args.blocked else None)
         (args.out / "checkpoints.json").write_text(json.dumps(rows, indent=1))
         (args.out / "checkpoints.md").write_text(text := checkpoint_markdown(rows))
         print(text, end="")
@@ -145,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         anatomy_set(args.out / "anatomy", args.anatomy, args.seed)
         result["anatomy"] = scored_set(args.out / "anatomy", args.out / "anatomy_masks", opts)
     result["real"] = real = real_scores(args.out / "real_masks", opts)
+    if args.blocked:
+        result["blocked"] = real_scores(args.out / "blocked_masks", opts, args.out / "blocked")
     result["timings"] = [json.loads(line) for line in (args.out / "timings.jsonl").read_text().splitlines()]
     (args.out / "evaluation.json").write_text(json.dumps(result, indent=1))
     (args.out / "evaluation.md").write_text(markdown(result))
@@ -153,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             print(key, json.dumps(result[key]["organ_mean"]), json.dumps(result[key]["per_case"]))
             for o in [*ORGANS, "Lesion"]:
                 print(f"  {o:<12} DSC {result[key][o]['dsc']:.4f}  NSD {result[key][o]['nsd']:.4f}")
-    for name, organs in real.items():
+    for name, organs in {**real, **result.get("blocked", {})}.items():
         print(name, f"mean {np.mean([v['dsc'] for v in organs.values()]):.3f}", {o: v["dsc"] for o, v in organs.items()})
 
 
