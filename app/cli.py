@@ -61,6 +61,9 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-largest", type=_labels_arg, default=ORGANS, metavar="LABELS",
                    help="labels reduced to their largest connected component: organs (default, 1-13), all, none, or 1,2,3")
     p.add_argument("--no-roi", action="store_true", help="skip the coarse model; run the fine model over the whole scan")
+    p.add_argument("--laterality", choices=("anatomy", "header"), default="anatomy",
+                   help="where the spleen or stomach lies right of the liver as the header reads it: segment the scan mirrored and keep "
+                        "that if it shows a normal body, naming organs by anatomy (anatomy, default), or keep the header's sides (header)")
     p.add_argument("--preview", nargs="?", type=Path, const=True, default=None, metavar="DIR",
                    help="also write CASE.png (three views, mask over the scan, legend) beside each mask, or into DIR")
     p.add_argument("--shard", type=_shard_arg, default=None, metavar="K/N",
@@ -172,6 +175,7 @@ def _predict(args: argparse.Namespace) -> int:
         backend=args.backend,
         tiling=args.tiling,
         use_roi=not args.no_roi,
+        laterality=args.laterality,
         timings=args.timings,
         progress=not args.quiet,
         shard=args.shard,

@@ -6,14 +6,19 @@ nothing else in the output shows it. The spleen and the stomach lie on the patie
 liver in every body but situs inversus: measured on the real scans here (masks of the weights of
 2026-11-26), their centres lie 103-188 and 2-125 mm to the liver's left, and 82 and 130 mm to its
 right on the mirrored one (the weights of 2026-12-02: its stomach 131 mm right).
+
+The engine then segments the scan mirrored left-right under the same header, and keeps that pass
+only if it shows a normal body: no spleen or stomach right of the liver, and the liver's centre
+well right of the body's (``liver_right_of_body``: 71-76 mm on the real scans here as read, 63 mm
+on the mirrored one mirrored back, 20 mm and less on normal scans mirrored).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-LIVER = 1
-LEFT_OF_LIVER = {3: "spleen", 11: "stomach"}
+LIVER, SPLEEN, STOMACH = 1, 3, 11
+LEFT_OF_LIVER = {SPLEEN: "spleen", STOMACH: "stomach"}
 MIN_SHIFT_MM = 20.0  # how far right of the liver's centre an organ's centre must lie to count
 MIN_VOXELS = 20  # of the voxels counted (one in eight): fewer say little of where an organ is
 
@@ -46,3 +51,15 @@ def organs_right_of_liver(labels: np.ndarray, left_mm: tuple[float, float, float
         if organ.sum() >= MIN_VOXELS and (shift := centre - centre_along(organ, step)) >= MIN_SHIFT_MM:  # type: ignore[arg-type]
             found[name] = round(shift, 1)
     return found
+
+
+def liver_right_of_body(labels: np.ndarray, body: np.ndarray, left_mm: tuple[float, float, float]) -> float | None:
+    """How far the liver's centre lies to the patient's right of the body's (mm; negative: to its
+    left), or None without a liver. ``body``: a mask of the patient (HU above -500) on the grid of
+    ``labels``. A normal body has its liver right of its midline; a mirrored reading has it left."""
+    sub, inside = labels[::2, ::2, ::2], body[::2, ::2, ::2]
+    step = tuple(2 * s for s in left_mm)
+    liver = sub == LIVER
+    if liver.sum() < MIN_VOXELS or inside.sum() < MIN_VOXELS:
+        return None
+    return round(centre_along(inside, step) - centre_along(liver, step), 1)  # type: ignore[arg-type]

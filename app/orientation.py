@@ -96,3 +96,10 @@ def patient_left_steps(direction: tuple[float, ...], layout: Orientation, spacin
     from a mask in any layout."""
     d = np.asarray(direction, dtype=float).reshape(3, 3)
     return tuple((-1.0 if k in layout.flips else 1.0) * float(d[0, 2 - layout.perm[k]]) * float(spacing[k]) for k in range(3))  # type: ignore[return-value]
+
+
+def left_right_axis(direction: tuple[float, ...]) -> int:
+    """The axis of a stored array (numpy order [k, j, i]) that runs closest to the patient's left-right
+    (LPS x): flipped along it, the scan shows the body mirrored under the same header."""
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    return int(np.argmax([abs(d[0, 2 - a]) for a in range(3)]))

@@ -15,9 +15,9 @@ import numpy as np
 
 from .geometry import Box, bounding_box, cut_faces, grow_faces, intersect
 from .labels import ORGANS
-from .laterality import organs_right_of_liver
+from .laterality import LIVER, SPLEEN, STOMACH, liver_right_of_body, organs_right_of_liver
 from .nifti import Scan, ScanError, check_writable, find_scans, output_collisions, output_path, read_scan, remove_stale_temps, write_mask
-from .orientation import Orientation, patient_left_steps
+from .orientation import Orientation, left_right_axis, patient_left_steps
 from .progress import Progress, seconds_since_process_start
 from .weights import ModelSpec, WeightsError, read_spec
 
@@ -50,6 +50,38 @@ class Options:
     preview: Path | None = None  # folder for one PNG per case (mask over the scan), or None
     shard: tuple[int, int] | None = None  # (k, n): only the sorted cases i with i % n == k (Slurm arrays, Indexed Jobs)
     skip_existing: bool = False  # resume: cases whose mask is already in the output folder are not run again
+    laterality: str = "anatomy"  # anatomy: where organs lie mirrored to the header, segment the scan mirrored | header: keep the header's sides
+
+
+@dataclass
+class Segmentation:
+    """One pass of the models over a scan: the mask in its stored layout, the ROI in the fine
+    model's layout, how often it grew, the labels the fine model found, and organs lying right of
+    the liver (``laterality.organs_right_of_liver``)."""
+
+    mask: np.ndarray
+    box: Box | None
+    grown: int
+    found: list[int]
+    right_of_liver: dict[str, float]
+    roi_fraction: float
+    liver_right_mm: float | None = None  # the liver's centre right of the body's (laterality.liver_right_of_body), when asked
+
+
+BODY_HU = -500.0  # above this, the patient (not the air around)
+MIN_LIVER_RIGHT_MM = 30.0  # the real scans here: 71-76 mm as read, 63 mm for MSD_spleen_8 mirrored; 20 mm for TS_example_sm mirrored
+
+
+def normal_body(seg: Segmentation) -> bool:
+    """A pass that shows a normal body: liver right of the body's midline, no spleen or stomach right
+    of the liver, and at least one of them found. Only such a pass on the mirrored scan replaces the
+    first one."""
+    return (not seg.right_of_liver and LIVER in seg.found and bool({SPLEEN, STOMACH} & set(seg.found))
+            and seg.liver_right_mm is not None and seg.liver_right_mm >= MIN_LIVER_RIGHT_MM)
+
+
+def _listed(right_of_liver: dict[str, float]) -> str:
+    return ", ".join(f"{n} {d:.0f} mm" for n, d in right_of_liver.items())
 
 
 @dataclass
@@ -254,6 +286,39 @@ class Engine:
     def _segment(self, scan: Scan, out_dir: Path, on_stage: Callable[[str], None] = _no_report) -> CaseResult:
         opts, name = self.options, scan.path.name
         watch = Stopwatch(sync=self.fine.backend.sync, on_stage=on_stage)
+        seg = self._labels(scan, name, watch)
+        right_of_liver, mirrored = seg.right_of_liver, False
+        if right_of_liver and opts.laterality == "anatomy":  # the header may swap left and right: try the scan mirrored
+            axis = left_right_axis(scan.geometry.direction)
+            log.info("%s: %s to the patient's right of the liver; segmenting the scan mirrored left-right", name, _listed(right_of_liver))
+            other = self._labels(replace(scan, stored=np.flip(scan.stored, axis)), name, watch, side=True)
+            if normal_body(other):
+                seg, mirrored = replace(other, mask=np.flip(other.mask, axis), box=None), True
+        if not seg.found:
+            log.warning("%s: the fine model found no organ; writing an empty mask", name)
+        if mirrored:
+            log.warning("%s: %s to the patient's right of the liver as the header reads it, and a normal body when mirrored: the header "
+                        "seems to swap left and right; organs are named as the mirrored scan shows them (its right kidney and adrenal "
+                        "lie on the header's left); check the header (--laterality header keeps its sides)", name, _listed(right_of_liver))
+        elif right_of_liver:
+            log.warning("%s: %s to the patient's right of the liver: the header may swap left and right; organs are named "
+                        "where a normal body has them, so this mask may name them wrongly", name, _listed(right_of_liver))
+        with watch.stage("write"):
+            out_path = output_path(out_dir, scan.path)
+            write_mask(seg.mask, scan.geometry, out_path)
+            if opts.preview is not None:
+                _write_preview(scan, seg.mask, opts.preview / out_path.name.replace(".nii.gz", ".png"))
+        info = {"device": str(self.device), "backend": str(self.fine.placement),
+                "roi_box": [list(seg.box.start), list(seg.box.stop)] if seg.box is not None else None,  # None: found on the mirrored scan
+                "roi_fraction": seg.roi_fraction,
+                "roi_grown": seg.grown, "labels": seg.found, "right_of_liver": right_of_liver, "mirrored": mirrored}
+        return CaseResult(name, ok=True, timings=watch.times, info=info)
+
+    def _labels(self, scan: Scan, name: str, watch: Stopwatch, side: bool = False) -> Segmentation:
+        """Coarse model -> ROI -> fine model (the ROI grown where organs reach its faces) ->
+        cleanup: the mask in the scan's stored layout, and what was found on the way (with ``side``,
+        where the liver lies in the body too)."""
+        opts = self.options
         with watch.stage("coarse"):
             view, spacing, layout = scan.layout(self.fine.spec.orientation, copy=False)  # each stage copies what it reads
             box: Box | None = None
@@ -276,23 +341,13 @@ class Engine:
             log.info("%s: organs reach %d face(s) of the ROI; segmenting a grown ROI (%d of at most %d)", name, len(faces), grown, opts.roi_grow)
             labels_np, found = self._segment_box(view, box, spacing, name, watch)
         with watch.stage("cleanup"):
-            right_of_liver = organs_right_of_liver(labels_np, patient_left_steps(scan.geometry.direction, layout, spacing))
+            left_mm = patient_left_steps(scan.geometry.direction, layout, spacing)
+            right_of_liver = organs_right_of_liver(labels_np, left_mm)
             mask = np.zeros(shape, dtype=np.uint8)
             mask[box.slices] = labels_np
+            liver_side = liver_right_of_body(mask, view > BODY_HU, left_mm) if side else None
             mask = layout.from_canonical(mask)
-        if not found:
-            log.warning("%s: the fine model found no organ; writing an empty mask", name)
-        if right_of_liver:
-            log.warning("%s: %s to the patient's right of the liver: the header may swap left and right; organs are named "
-                        "where a normal body has them, so this mask may name them wrongly", name, ", ".join(f"{n} {d:.0f} mm" for n, d in right_of_liver.items()))
-        with watch.stage("write"):
-            out_path = output_path(out_dir, scan.path)
-            write_mask(mask, scan.geometry, out_path)
-            if opts.preview is not None:
-                _write_preview(scan, mask, opts.preview / out_path.name.replace(".nii.gz", ".png"))
-        info = {"device": str(self.device), "backend": str(self.fine.placement), "roi_box": [list(box.start), list(box.stop)], "roi_fraction": round(float(np.prod(box.shape)) / float(np.prod(shape)), 4),
-                "roi_grown": grown, "labels": found, "right_of_liver": right_of_liver}
-        return CaseResult(name, ok=True, timings=watch.times, info=info)
+        return Segmentation(mask, box, grown, found, right_of_liver, round(float(np.prod(box.shape)) / float(np.prod(shape)), 4), liver_side)
 
     def _segment_box(self, view: np.ndarray, box: Box, spacing: tuple[float, float, float], name: str, watch: Stopwatch) -> tuple[np.ndarray, list[int]]:
         """The fine model's labels in ``box`` after the cleanup, and the labels it found before it."""
