@@ -57,7 +57,7 @@ else:
     from app.pipeline import Options, predict_folder
     import shutil, tempfile
     tmp = Path(tempfile.mkdtemp()); shutil.copy(case, tmp / Path(case).name)
-    r = predict_folder(tmp, Path(out).parent, Options(weights=Path(weights), device=device, use_roi=use_roi == "1", keep_largest=(), progress=False,
+    r = predict_folder(tmp, Path(out).parent, Options(weights=Path(weights), device=device, use_roi=use_roi == "1", keep_largest=(), laterality="header", progress=False,
                                                          backend=backend, precision="fp32"))  # parity: FP32 on every CPU
     assert r[0].ok, r[0].error
     produced = Path(out).parent / r[0].name.replace("_0000.nii.gz", ".nii.gz")

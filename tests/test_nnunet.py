@@ -211,7 +211,7 @@ def test_same_segmentation_and_logits_as_nnunets_predictor(nnunet_model, importe
     inputs = tmp_path / "in"
     inputs.mkdir()
     cases = _cases(inputs)
-    results = predict_folder(inputs, tmp_path / "out", Options(weights=weights, device="cpu", use_roi=False, keep_largest=()))
+    results = predict_folder(inputs, tmp_path / "out", Options(weights=weights, device="cpu", use_roi=False, keep_largest=(), laterality="header"))
     assert all(r.ok for r in results)
     model = load_model(read_spec(weights / "fine"), Placement("torch", "cpu", "fp32"))
     for case in cases:
@@ -246,7 +246,7 @@ def test_fold_ensemble_is_averaged(tmp_path):
     case_only = tmp_path / "one"
     case_only.mkdir()
     shutil.move(str(case), case_only / case.name)
-    results = predict_folder(case_only, tmp_path / "out", Options(weights=tmp_path / "w", device="cpu", use_roi=False, keep_largest=()))
+    results = predict_folder(case_only, tmp_path / "out", Options(weights=tmp_path / "w", device="cpu", use_roi=False, keep_largest=(), laterality="header"))
     assert results[0].ok
     _, seg = nnunet_predict(model, case_only / case.name, folds=("0", "1"))
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "phantom.nii.gz")))
@@ -271,7 +271,8 @@ def test_imported_models_export_to_onnx_and_give_torch_s_masks(tmp_path, folds):
     masks = {}
     for engine, precision in (("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("onnxruntime", "fp16")):
         out = tmp_path / f"{engine}-{precision}"
-        options = Options(weights=tmp_path / "w", device="cpu", use_roi=False, keep_largest=(), backend=engine, precision=precision, progress=False)
+        options = Options(weights=tmp_path / "w", device="cpu", use_roi=False, keep_largest=(), laterality="header", backend=engine, precision=precision,
+                          progress=False)
         results = predict_folder(inputs, out, options)
         assert all(r.ok and r.info["backend"] == f"{engine} on cpu, {precision}" for r in results)
         masks[engine, precision] = {p.name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in sorted(out.iterdir())}
@@ -422,7 +423,7 @@ def test_imported_model_gives_nnunets_masks_at_other_spacings(variant, tmp_path)
         shutil.copy(REAL_CASES[-1], tmp_path / "in" / REAL_CASES[-1].name)  # TS_example_sm, 3 mm
         cases.append(tmp_path / "in" / REAL_CASES[-1].name)
     results = predict_folder(tmp_path / "in", tmp_path / "out", Options(weights=tmp_path / "w", device="cpu", use_roi=False,
-                                                                         keep_largest=(), backend="torch", progress=False))
+                                                                         keep_largest=(), laterality="header", backend="torch", progress=False))
     assert all(r.ok for r in results), [r.error for r in results if not r.ok]
     lut = np.zeros(len(cfg["labels"]), np.uint8)
     for channel, name in cfg["labels"].items():
