@@ -146,11 +146,12 @@ def markdown(result: dict) -> str:
 def checkpoint_markdown(rows: list[dict]) -> str:
     """``checkpoint_rows`` as a table: a row per checkpoint, a column per real scan."""
     scans = [k for k in rows[0] if k.endswith(".nii.gz")]
-    extra = [f"blocked copies, {rows[0]['blocked_organs']} organs"] if "blocked_mean" in rows[0] else []
-    lines = ["| checkpoint | " + " | ".join(s.split(".")[0] for s in scans) + f" | all {rows[0]['organs']} organs | " + " | ".join(extra) + (" |" if extra else ""),
-             "|---" * (len(scans) + 2 + len(extra)) + "|"]
-    lines += [f"| {r['checkpoint']} | " + " | ".join(f"{r[s]:.3f}" for s in scans) + f" | {r['organ_mean']:.3f} |"
-              + (f" {r['blocked_mean']:.3f} |" if extra else "") for r in rows]
+    blocked = "blocked_mean" in rows[0]
+    head = [*(s.split(".")[0] for s in scans), f"all {rows[0]['organs']} organs", *([f"blocked copies, {rows[0]['blocked_organs']} organs"] if blocked else [])]
+    lines = ["| checkpoint | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for r in rows:
+        cells = [r[s] for s in scans] + [r["organ_mean"]] + ([r["blocked_mean"]] if blocked else [])
+        lines.append(f"| {r['checkpoint']} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
