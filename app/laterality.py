@@ -21,6 +21,7 @@ LIVER, SPLEEN, STOMACH = 1, 3, 11
 LEFT_OF_LIVER = {SPLEEN: "spleen", STOMACH: "stomach"}
 MIN_SHIFT_MM = 20.0  # how far right of the liver's centre an organ's centre must lie to count
 MIN_VOXELS = 20  # of the voxels counted (one in eight): fewer say little of where an organ is
+BODY_HU = -500.0  # above this, the patient (not the air around)
 
 
 def centre_along(mask: np.ndarray, step_mm: tuple[float, float, float]) -> float:
@@ -53,11 +54,12 @@ def organs_right_of_liver(labels: np.ndarray, left_mm: tuple[float, float, float
     return found
 
 
-def liver_right_of_body(labels: np.ndarray, body: np.ndarray, left_mm: tuple[float, float, float]) -> float | None:
+def liver_right_of_body(labels: np.ndarray, image: np.ndarray, left_mm: tuple[float, float, float]) -> float | None:
     """How far the liver's centre lies to the patient's right of the body's (mm; negative: to its
-    left), or None without a liver. ``body``: a mask of the patient (HU above -500) on the grid of
-    ``labels``. A normal body has its liver right of its midline; a mirrored reading has it left."""
-    sub, inside = labels[::2, ::2, ::2], body[::2, ::2, ::2]
+    left), or None without a liver. ``image``: the scan in HU on the grid of ``labels``; the body
+    is where it exceeds ``BODY_HU``. A normal body has its liver right of its midline; a mirrored
+    reading has it left."""
+    sub, inside = labels[::2, ::2, ::2], image[::2, ::2, ::2] > BODY_HU  # every eighth voxel, as organs_right_of_liver
     step = tuple(2 * s for s in left_mm)
     liver = sub == LIVER
     if liver.sum() < MIN_VOXELS or inside.sum() < MIN_VOXELS:

@@ -68,7 +68,6 @@ class Segmentation:
     liver_right_mm: float | None = None  # the liver's centre right of the body's (laterality.liver_right_of_body), when asked
 
 
-BODY_HU = -500.0  # above this, the patient (not the air around)
 MIN_LIVER_RIGHT_MM = 30.0  # the real scans here: 71-76 mm as read, 63 mm for MSD_spleen_8 mirrored; 20 mm for TS_example_sm mirrored
 
 
@@ -345,7 +344,7 @@ class Engine:
             right_of_liver = organs_right_of_liver(labels_np, left_mm)
             mask = np.zeros(shape, dtype=np.uint8)
             mask[box.slices] = labels_np
-            liver_side = liver_right_of_body(mask, view > BODY_HU, left_mm) if side else None
+            liver_side = liver_right_of_body(mask, view, left_mm) if side else None
             mask = layout.from_canonical(mask)
         return Segmentation(mask, box, grown, found, right_of_liver, round(float(np.prod(box.shape)) / float(np.prod(shape)), 4), liver_side)
 

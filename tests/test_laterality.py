@@ -57,8 +57,8 @@ def test_patient_left_follows_the_header_into_any_layout():
 
 
 def test_where_the_liver_lies_in_the_body():
-    body = np.zeros((20, 60, 120), bool)
-    body[:, 5:55, 5:115] = True  # centre at x 59.5
+    body = np.full((20, 60, 120), -1000, np.int16)
+    body[:, 5:55, 5:115] = 40  # soft tissue, centre at x 59.5
     assert liver_right_of_body(_body(), body, LPS_X) == pytest.approx(0.8 * 30, abs=1.0)  # liver centre at x 29.5
     assert liver_right_of_body(_body()[..., ::-1], body, LPS_X) == pytest.approx(-0.8 * 30, abs=1.0)
     assert liver_right_of_body(np.zeros_like(_body()), body, LPS_X) is None
