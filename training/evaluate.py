@@ -62,6 +62,8 @@ def blocked_set(out: Path, seed: int) -> None:
     reference as they are."""
     import SimpleITK as sitk
 
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "labels").mkdir(parents=True, exist_ok=True)
     for i, (scan, z_mm, xy_mm) in enumerate(BLOCKED):
         image = sitk.ReadImage(str(SHARED / "images" / f"{scan}_0000.nii.gz"))
         array = archive_copy(sitk.GetArrayFromImage(image), image.GetSpacing()[::-1], np.random.default_rng([seed, i]),
@@ -69,8 +71,6 @@ def blocked_set(out: Path, seed: int) -> None:
         copy = sitk.GetImageFromArray(array)
         copy.CopyInformation(image)
         name = f"{scan}_z{z_mm:g}mm_xy{xy_mm:g}mm"
-        (out / "images").mkdir(parents=True, exist_ok=True)
-        (out / "labels").mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(copy, str(out / "images" / f"{name}_0000.nii.gz"))
         shutil.copyfile(SHARED / "labels" / f"{scan}.nii.gz", out / "labels" / f"{name}.nii.gz")
 
