@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .phantoms import FAT_PAD_MM, ORIENTATIONS, Arms, Back, Phantom, _body, _Canvas, abdominal_bowel, lent_stream
+from .phantoms import FAT_PAD_MM, ORIENTATIONS, SPINE_Y, Arms, Back, Phantom, _body, _Canvas, abdominal_bowel, lent_stream
 from .randomise import PHASES, archive_copy, free_contrast, scanner, slice_profile, smooth_field, soften, tissue_values
 from .mimics import crura as draw_crura
 from .mimics import gastric_colon, jejunal_loops
@@ -112,7 +112,7 @@ def _body_frame(labels: np.ndarray, spacing: tuple[float, float, float]) -> tupl
     a = half_x / 0.78  # organs stay inside the muscle wall
     b = a * 0.74
     aorta_y = aorta[1] if np.isfinite(aorta[1]) else organs[:, 1].mean()
-    y0 = aorta_y - (0.55 * b - 28)  # the generator puts the aorta just in front of the spine at 0.55 b
+    y0 = aorta_y - (SPINE_Y * b - 28)  # the generator puts the aorta just in front of the spine at SPINE_Y b
     depth = max(np.abs(organs[:, 1] - y0).max(), 40.0) / 0.78
     b = max(b, depth)
     return -np.array([z0, y0, x0]), float(a), float(b)  # voxel 0 sits at the grid's corner
@@ -204,7 +204,7 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     if fatty_rng.random() < fatty:
         fatty_infiltration(cv, labels == 4, hu["fat"], fatty_rng)
     if crura_rng.random() < crura:
-        draw_crura(cv, labels, hu["muscle"], crura_rng)
+        draw_crura(cv, labels, hu["muscle"], crura_rng, spine_y=SPINE_Y * b)
     if jejunum_rng.random() < jejunum:
         jejunal_loops(cv, labels, hu["duodenum_wall"], hu["ivc"], jejunum_rng)
     if colon_rng.random() < colon:

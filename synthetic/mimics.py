@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from .phantoms import _blob, _Canvas, _tube, lent_stream, stool_contents
+from .phantoms import VERTEBRA_MM, _blob, _Canvas, _tube, lent_stream, stool_contents
 from .vessels import AORTA, PANCREAS, _jittered, _points_mm
 
 RIGHT_KIDNEY, RIGHT_ADRENAL, LEFT_ADRENAL, LEFT_KIDNEY, STOMACH = 2, 7, 8, 13, 11
 
 
-def crura(cv: _Canvas, labels: np.ndarray, muscle_hu: float, rng: np.random.Generator) -> None:
+def crura(cv: _Canvas, labels: np.ndarray, muscle_hu: float, rng: np.random.Generator, spine_y: float | None = None) -> None:
     """The diaphragm's right and left crus: muscle bands hugging the aorta's sides from the renal
     hilum (right; the left ends higher) up past the adrenals, arching in front of the aorta above
-    the aortic hiatus. Left out where the map has no aorta or no adrenal."""
+    the aortic hiatus. Left out where the map has no aorta or no adrenal.
+
+    ``spine_y``: where the vertebral bodies' centre lies (mm along y, at x = 0 of the canvas; their
+    size ``VERTEBRA_MM``). Given, each crus also runs back along the vertebral bodies' front and side,
+    as the crura do down to where they attach to the lumbar vertebrae: on a real slab at
+    the adrenals' level a network trained without that limb labelled the right crus right adrenal."""
     adrenals = np.concatenate([_points_mm(cv, labels, lab) for lab in (RIGHT_ADRENAL, LEFT_ADRENAL)])
     if np.count_nonzero(labels == AORTA) < 20 or len(adrenals) < 10:
         return
@@ -36,6 +41,7 @@ def crura(cv: _Canvas, labels: np.ndarray, muscle_hu: float, rng: np.random.Gene
     hiatus = top - rng.uniform(15, 35)  # above it the two crura meet in front of the aorta
     thick = {side: rng.uniform(4, 9) * (1.2 if side < 0 else 1.0) for side in (-1, 1)}
     gap = rng.uniform(0.5, 3.0)
+    limb = {side: (rng.uniform(0, 30), rng.uniform(70, 120), rng.uniform(0.5, 2.5)) for side in (-1, 1)} if spine_y is not None else {}
     z_mm = cv.axes[0]
     for k in np.flatnonzero((z_mm >= min(bottom.values())) & (z_mm <= top)):
         ring = _points_mm(cv, labels[k: k + 1], AORTA)[:, 1:]  # (y, x) mm of the aorta in slice k
@@ -59,9 +65,38 @@ def crura(cv: _Canvas, labels: np.ndarray, muscle_hu: float, rng: np.random.Gene
             in_band = (dist > radius + gap) & (dist < radius + gap + thick[side] * taper)
             nearest = 0.0 if z_mm[k] > hiatus else 20.0  # degrees from the front: 0 where they meet
             band |= in_band & (side * angle >= nearest) & (side * angle <= 160.0)
+        value = muscle_hu + rng.normal(0, 4)
         region, lab = cv.image[k][sl[1], sl[2]], labels[k][sl[1], sl[2]]
         paint = band & (lab == 0) & (region > -500) & (region < 200)  # over fat and soft tissue, not bone or lung
-        region[paint] = muscle_hu + rng.normal(0, 4)
+        region[paint] = value
+        if limb:
+            _vertebral_limbs(cv, k, labels[k], spine_y, bottom, thick, limb, value)
+
+
+def _vertebral_limbs(cv: _Canvas, k: int, labels: np.ndarray, spine_y: float, bottom: dict[int, float], thick: dict[int, float],
+                     limb: dict[int, tuple[float, float, float]], value: float) -> None:
+    """Slice ``k``'s crura where they lie on the vertebral body: bands just outside its outline, from
+    ``limb[side][0]`` degrees off its front midline to ``limb[side][1]`` (90: its side), ``limb[side][2]``
+    mm off the bone, as thick as the crus beside the aorta."""
+    half_y, half_x = VERTEBRA_MM
+    reach = max(thick.values()) + 5
+    z = cv.axes[0][k]
+    win = cv.window(np.array([z, spine_y - half_y - reach, -half_x - reach]), np.array([z, spine_y + half_y, half_x + reach]))
+    if win is None:
+        return
+    sl, (_, y, x) = win
+    dy, dx = y[0] - spine_y, x[0]
+    scale = np.sqrt((dy / half_y) ** 2 + (dx / half_x) ** 2)
+    off = (scale - 1) * (half_y + half_x) / 2  # mm outside the outline, near enough for a band a few mm thick
+    angle = np.degrees(np.arctan2(dx, -dy))  # 0: the vertebral body's front, +90: the patient's left
+    band = np.zeros(off.shape, bool)
+    for side, (start, end, gap) in limb.items():
+        if z < bottom[side]:
+            continue
+        taper = float(np.clip((z - bottom[side]) / 30.0, 0.3, 1.0))
+        band |= (off > gap) & (off < gap + thick[side] * taper) & (side * angle >= start) & (side * angle <= end)
+    region, lab = cv.image[k][sl[1], sl[2]], labels[sl[1], sl[2]]
+    region[band & (lab == 0) & (region > -500) & (region < 200)] = value
 
 
 def jejunal_loops(cv: _Canvas, labels: np.ndarray, wall_hu: float, vessel_hu: float, rng: np.random.Generator) -> None:

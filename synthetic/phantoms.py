@@ -43,6 +43,10 @@ class Phantom:
     orientation: str  # how the files are stored (DICOMOrient code)
 
 
+SPINE_Y = 0.55  # the vertebral bodies' centre lies at SPINE_Y * b behind the trunk's centre (b: its half-depth)
+VERTEBRA_MM = (18.0, 21.0)  # a vertebral body's half-depth (y) and half-width (x)
+
+
 class _Canvas:
     """The grid in mm, with helpers that rasterise shapes only inside their bounding box."""
 
@@ -211,7 +215,7 @@ def _body(cv: _Canvas, a: float, b: float, fat: float, phase: int, arms: Arms | 
     rng = cv.rng
     z, y, x = cv.axes
     Y, X = y[:, None], x[None, :]
-    sy = b * 0.55  # spine centre (y)
+    sy = b * SPINE_Y  # spine centre (y)
     cache: dict[tuple, np.ndarray] = {}
     depth = back.depth if back is not None else 0.0
 
@@ -233,7 +237,7 @@ def _body(cv: _Canvas, a: float, b: float, fat: float, phase: int, arms: Arms | 
     fat_hu, cavity_hu, muscle_hu = -100 + rng.normal(0, 4), -95 + rng.normal(0, 5), HU["muscle"][phase]
     if back is not None:
         muscle_hu = back.hu
-    vert = ellipse(21, 18, 0, sy)
+    vert = ellipse(VERTEBRA_MM[1], VERTEBRA_MM[0], 0, sy)
     canal = ellipse(9, 9, 0, sy + 27)
     arch = ellipse(14, 14, 0, sy + 27) & ~canal
     table = (Y > b + depth + 25) & (Y < b + depth + 45) & (np.abs(X) < a * 1.1)
@@ -380,7 +384,7 @@ def _abdominal_organs(cv: _Canvas, a: float, b: float, phase: int, lesions: bool
         return np.asarray(v, float) * rng.uniform(1 - s, 1 + s, np.shape(v))
 
     hu = {k: v[phase] + rng.normal(0, 10) for k, v in HU.items()}
-    sy = b * 0.55  # spine centre (y)
+    sy = b * SPINE_Y  # spine centre (y)
     organs: dict[str, tuple | None] = {}
     organs["liver"] = _organ(cv, _blob(cv, j((55, -b * 0.05, -a * 0.42), 8), scale((75, b * 0.62, a * 0.5)), wobble=0.12), hu["liver"], 1)
     _organ(cv, _blob(cv, j((0, -b * 0.35, -a * 0.25), 6), scale((38, 16, 16), 0.2), wobble=0.15), hu["gallbladder"], 9, texture=3)
