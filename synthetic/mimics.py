@@ -42,6 +42,7 @@ def crura(cv: _Canvas, labels: np.ndarray, muscle_hu: float, rng: np.random.Gene
     thick = {side: rng.uniform(4, 9) * (1.2 if side < 0 else 1.0) for side in (-1, 1)}
     gap = rng.uniform(0.5, 3.0)
     limb = {side: (rng.uniform(0, 30), rng.uniform(70, 120), rng.uniform(0.5, 2.5)) for side in (-1, 1)} if spine_y is not None else {}
+    vertebra = _vertebra_frame(cv, spine_y, max(thick.values()) + 5) if limb else None
     z_mm = cv.axes[0]
     for k in np.flatnonzero((z_mm >= min(bottom.values())) & (z_mm <= top)):
         ring = _points_mm(cv, labels[k: k + 1], AORTA)[:, 1:]  # (y, x) mm of the aorta in slice k
@@ -57,46 +58,44 @@ def crura(cv: _Canvas, labels: np.ndarray, muscle_hu: float, rng: np.random.Gene
         dy, dx = y[0] - cy, x[0] - cx
         dist = np.sqrt(dy**2 + dx**2)
         angle = np.degrees(np.arctan2(dx, -dy))  # 0: in front of the aorta, +90: the patient's left
+        width = {side: thick[side] * float(np.clip((z_mm[k] - bottom[side]) / 30.0, 0.3, 1.0))
+                 for side in (-1, 1) if z_mm[k] >= bottom[side]}  # each crus tapers towards its lower end
         band = np.zeros(dist.shape, bool)
-        for side in (-1, 1):
-            if z_mm[k] < bottom[side]:
-                continue
-            taper = float(np.clip((z_mm[k] - bottom[side]) / 30.0, 0.3, 1.0))
-            in_band = (dist > radius + gap) & (dist < radius + gap + thick[side] * taper)
+        for side, w in width.items():
+            in_band = (dist > radius + gap) & (dist < radius + gap + w)
             nearest = 0.0 if z_mm[k] > hiatus else 20.0  # degrees from the front: 0 where they meet
             band |= in_band & (side * angle >= nearest) & (side * angle <= 160.0)
         value = muscle_hu + rng.normal(0, 4)
-        region, lab = cv.image[k][sl[1], sl[2]], labels[k][sl[1], sl[2]]
-        paint = band & (lab == 0) & (region > -500) & (region < 200)  # over fat and soft tissue, not bone or lung
-        region[paint] = value
-        if limb:
-            _vertebral_limbs(cv, k, labels[k], spine_y, bottom, thick, limb, value)
+        _paint_over_soft_tissue(cv.image[k][sl[1], sl[2]], labels[k][sl[1], sl[2]], band, value)
+        if vertebra is not None:  # the same crus, where it lies on the vertebral body
+            (ys, xs), off, around = vertebra
+            band = np.zeros(off.shape, bool)
+            for side, w in width.items():
+                first, last, off_bone = limb[side]
+                band |= (off > off_bone) & (off < off_bone + w) & (side * around >= first) & (side * around <= last)
+            _paint_over_soft_tissue(cv.image[k][ys, xs], labels[k][ys, xs], band, value)
 
 
-def _vertebral_limbs(cv: _Canvas, k: int, labels: np.ndarray, spine_y: float, bottom: dict[int, float], thick: dict[int, float],
-                     limb: dict[int, tuple[float, float, float]], value: float) -> None:
-    """Slice ``k``'s crura where they lie on the vertebral body: bands just outside its outline, from
-    ``limb[side][0]`` degrees off its front midline to ``limb[side][1]`` (90: its side), ``limb[side][2]``
-    mm off the bone, as thick as the crus beside the aorta."""
+def _vertebra_frame(cv: _Canvas, spine_y: float, reach: float) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
+    """The in-plane window around the vertebral bodies (``reach`` mm beyond their outline, to the
+    front and sides), each pixel's distance outside the outline (mm, near enough for a band a few mm
+    thick) and its angle about their centre (degrees; 0: the front midline, +90: the patient's
+    left). The same in every slice: the generator's spine is straight."""
     half_y, half_x = VERTEBRA_MM
-    reach = max(thick.values()) + 5
-    z = cv.axes[0][k]
+    z = cv.axes[0][0]
     win = cv.window(np.array([z, spine_y - half_y - reach, -half_x - reach]), np.array([z, spine_y + half_y, half_x + reach]))
     if win is None:
-        return
+        return None
     sl, (_, y, x) = win
     dy, dx = y[0] - spine_y, x[0]
-    scale = np.sqrt((dy / half_y) ** 2 + (dx / half_x) ** 2)
-    off = (scale - 1) * (half_y + half_x) / 2  # mm outside the outline, near enough for a band a few mm thick
-    angle = np.degrees(np.arctan2(dx, -dy))  # 0: the vertebral body's front, +90: the patient's left
-    band = np.zeros(off.shape, bool)
-    for side, (start, end, gap) in limb.items():
-        if z < bottom[side]:
-            continue
-        taper = float(np.clip((z - bottom[side]) / 30.0, 0.3, 1.0))
-        band |= (off > gap) & (off < gap + thick[side] * taper) & (side * angle >= start) & (side * angle <= end)
-    region, lab = cv.image[k][sl[1], sl[2]], labels[sl[1], sl[2]]
-    region[band & (lab == 0) & (region > -500) & (region < 200)] = value
+    off = (np.sqrt((dy / half_y) ** 2 + (dx / half_x) ** 2) - 1) * (half_y + half_x) / 2
+    return (sl[1], sl[2]), off, np.degrees(np.arctan2(dx, -dy))
+
+
+def _paint_over_soft_tissue(region: np.ndarray, labels: np.ndarray, band: np.ndarray, value: float) -> None:
+    """Paint ``band`` of one slice's ``region`` with ``value`` over unlabelled fat and soft tissue,
+    not over an organ, bone or lung."""
+    region[band & (labels == 0) & (region > -500) & (region < 200)] = value
 
 
 def jejunal_loops(cv: _Canvas, labels: np.ndarray, wall_hu: float, vessel_hu: float, rng: np.random.Generator) -> None:
