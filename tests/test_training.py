@@ -14,6 +14,7 @@ from app.model import load_model
 
 from app.weights import read_spec
 from app.unet import UNet3D, UNetConfig
+from training.recipe import load_recipe
 from training.train import train_role
 
 CPU = Placement("torch", "cpu", "fp32")
@@ -22,7 +23,7 @@ RECIPE = Path(__file__).resolve().parents[1] / "training" / "config.json"
 
 
 def test_a_short_run_of_each_role_writes_loadable_weights(tmp_path):
-    recipe = json.loads(RECIPE.read_text())
+    recipe = load_recipe(RECIPE)
     for role in ("coarse", "fine"):
         cfg = recipe[role]
         cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
@@ -42,7 +43,7 @@ def test_real_anatomy_phantoms_feed_the_recipe(tmp_path):
     """``phantoms.label_maps``: the share of training volumes built from real FLARE22 organ maps."""
     from training.train import training_volume
 
-    recipe = json.loads(RECIPE.read_text())
+    recipe = load_recipe(RECIPE)
     cfg = recipe["fine"]
     cfg["phantoms"].update(size=96, inplane=[2.0, 2.0], thickness=[5.0, 5.0], label_maps=1.0)
     image, labels = training_volume([7, 1], "fine", cfg, recipe["intensity"])
@@ -55,7 +56,7 @@ def test_mirrored_bodies_swap_sides_and_keep_every_other_draw():
     kept (the liver on the left); the rest, and every draw before it, are the volumes without it."""
     from training.train import training_volume
 
-    recipe = json.loads(RECIPE.read_text())
+    recipe = load_recipe(RECIPE)
     cfg = recipe["fine"]
     cfg["phantoms"].update(size=96, inplane=[2.0, 2.0], thickness=[5.0, 5.0], label_maps=1.0)
     plain = training_volume([7, 1], "fine", cfg, recipe["intensity"])
@@ -75,7 +76,7 @@ def test_warm_restart_cycles_resume_to_the_same_tensors(tmp_path):
 
     from safetensors.torch import load_file
 
-    recipe = json.loads(RECIPE.read_text())
+    recipe = load_recipe(RECIPE)
     cfg = recipe["fine"]
     cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
     cfg["train"].update(steps=[2, 3], pool=1, batch=1, checkpoint_every=100, refresh_every=1)
@@ -122,7 +123,7 @@ def test_init_starts_from_a_trained_folder_and_records_it(tmp_path):
 
     from safetensors.torch import load_file
 
-    recipe = json.loads(RECIPE.read_text())
+    recipe = load_recipe(RECIPE)
     cfg = recipe["coarse"]
     cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
     cfg["train"].update(steps=1, pool=1, batch=1, checkpoint_every=100, refresh_every=1, patch_size=[8, 16, 16])
@@ -162,7 +163,7 @@ def test_init_from_instance_norm_weights_into_a_stored_statistics_recipe(tmp_pat
     from patches before fine-tuning, are recorded, and the written folder loads in the engine."""
     from app.backend import build_network
 
-    recipe = json.loads(RECIPE.read_text())
+    recipe = load_recipe(RECIPE)
     cfg = recipe["coarse"]
     cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
     cfg["train"].update(steps=1, pool=1, batch=1, checkpoint_every=100, refresh_every=1, patch_size=[8, 16, 16])
@@ -184,7 +185,7 @@ def test_slabs_and_padding_match_what_the_engine_sees():
     from app.sliding_window import pad_to
     from training.train import PatchSampler, training_volume
 
-    recipe = json.loads(RECIPE.read_text())
+    recipe = load_recipe(RECIPE)
     cfg = recipe["coarse"]
     cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0], slab=[1.0, 36.0, 36.0])
     image, labels = training_volume([3, 0], "coarse", cfg, recipe["intensity"])
@@ -239,7 +240,7 @@ def test_phantoms_generated_ahead_in_workers_train_the_same_tensors(tmp_path):
     the same order, and every draw of the training process stays where it was (augmentation too)."""
     from safetensors.torch import load_file
 
-    recipe = json.loads(RECIPE.read_text())
+    recipe = load_recipe(RECIPE)
     cfg = recipe["fine"]
     cfg["phantoms"].update(size=96, inplane=[2.0, 2.0], thickness=[5.0, 5.0], label_maps=0.5)
     cfg["train"].update(steps=4, pool=2, batch=1, checkpoint_every=100, refresh_every=2, patch_size=[16, 32, 32], augment="nnunet")
@@ -253,7 +254,7 @@ def test_phantoms_generated_ahead_in_workers_train_the_same_tensors(tmp_path):
 def test_the_recipe_with_nnunet_augmentation_is_repeatable(tmp_path):
     from safetensors.torch import load_file
 
-    recipe = json.loads(RECIPE.read_text())
+    recipe = load_recipe(RECIPE)
     cfg = recipe["coarse"]
     cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
     cfg["train"].update(steps=3, pool=1, batch=1, checkpoint_every=100, refresh_every=10, patch_size=[8, 16, 16], augment="nnunet")
@@ -272,8 +273,8 @@ def test_every_recipe_names_only_known_phantom_settings_and_a_misspelt_one_is_re
     configs = sorted(RECIPE.parent.glob("config*.json"))
     assert len(configs) >= 7
     for path in configs:
-        check_recipe(json.loads(path.read_text()))
-    recipe = json.loads((RECIPE.parent / "config_anatomy_vessels.json").read_text())
+        check_recipe(load_recipe(path))
+    recipe = load_recipe(RECIPE.parent / "config_anatomy_vessels.json")
     recipe["fine"]["phantoms"]["vessel"] = recipe["fine"]["phantoms"].pop("vessels")
     (tmp_path / "typo.json").write_text(json.dumps(recipe))
     with pytest.raises(ValueError, match="'vessel'"):
@@ -339,7 +340,7 @@ def test_head_fit_trains_the_heads_alone_and_leaves_the_network_as_it_was():
 
 
 def test_a_recipe_with_head_fit_and_warmup_runs_and_records_both(tmp_path):
-    recipe = json.loads(RECIPE.read_text())
+    recipe = load_recipe(RECIPE)
     cfg = recipe["fine"]
     cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
     cfg["train"].update(steps=2, pool=1, batch=1, checkpoint_every=100, refresh_every=1, patch_size=[16, 32, 32], head_fit={"steps": 3, "lr": 0.01}, warmup=2)

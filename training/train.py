@@ -38,6 +38,7 @@ from app.unet import UNet3D, UNetConfig, count_macs, count_parameters
 from synthetic.label_maps import ANATOMY_OPTIONS, anatomy_phantom, label_map_files
 from synthetic.phantoms import generate
 from training.prefetch import Prefetch
+from training.recipe import load_recipe
 
 LABEL_NAMES = {"0": "background", **{str(i): n for i, n in FLARE_LABELS.items()}}
 BINARY_NAMES = {"0": "background", "1": "foreground"}  # a coarse model only has to find the organs
@@ -437,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=0,
                     help="processes that generate phantoms ahead (default 0: in this process); the same tensors either way")
     args = ap.parse_args(argv)
-    recipe = json.loads(args.config.read_text())
+    recipe = load_recipe(args.config)
     check_recipe(recipe)
     for role in ("coarse", "fine") if args.role == "both" else (args.role,):
         cfg = recipe[role]
