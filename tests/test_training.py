@@ -323,6 +323,42 @@ def test_warmup_ramps_the_poly_schedule_and_zero_warmup_is_the_poly_schedule():
     assert all(warm(s) < warm(s + 1) for s in range(9)) and all(warm(s) == poly(s) for s in range(9, 100))
 
 
+def test_a_time_budget_anneals_over_the_time_left():
+    from training.train import schedule_factor
+
+    assert schedule_factor(0.0, 0) == 1.0 and schedule_factor(0.5, 7) == 0.5**0.9
+    assert schedule_factor(1.0, 99) == 0.0 and schedule_factor(1.2, 99) == 0.0  # a late clock reading never gives a negative rate
+    assert schedule_factor(0.25, 4, warmup=10) == 0.75**0.9 / 2
+
+
+class TickingClock:
+    """A clock that moves ``tick`` seconds at each reading: a run's length then depends on how often it reads it."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_minutes_replace_the_step_count_and_are_shared_by_the_cycles(tmp_path):
+    recipe = load_recipe(RECIPE)
+    cfg = recipe["fine"]
+    cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
+    cfg["train"].update(steps=[1000, 3000], pool=1, batch=1, checkpoint_every=10, refresh_every=5)
+    cfg["train"]["patch_size"] = [16, 32, 32]
+    log = train_role("fine", cfg, recipe, tmp_path, torch.device("cpu"), minutes=1.0, clock=TickingClock(1.0))
+    first, second = (c["steps"] for c in log["cycles"])
+    # 15 s and 45 s of a clock read about once a step: far fewer steps than the recipe's 1000 and 3000
+    assert 5 <= first < 15 and 3 * first - 6 <= second < 45, (first, second)
+    assert [c["minutes"] for c in log["cycles"]] == [0.25, 0.75] and log["minutes"] == 1.0 and log["steps"] == first + second
+    assert (tmp_path / "checkpoints" / f"fine.seed{log['cycles'][1]['seed']}.step20" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "fine" / "training_log.json").read_text())["minutes"] == 1.0
+    with pytest.raises(RuntimeError, match="no time left to train"):  # the pool alone spent the budget
+        train_role("fine", cfg, recipe, tmp_path / "late", torch.device("cpu"), minutes=1.0, clock=TickingClock(100.0))
+
+
 def test_head_fit_trains_the_heads_alone_and_leaves_the_network_as_it_was():
     from training.train import DeepSupervision, fit_heads
 

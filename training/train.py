@@ -5,12 +5,16 @@ engine's own resampling (trilinear images, nearest labels), so the networks see 
 feeds them. Seeds are fixed in the config: the same config, package versions and thread count
 reproduce the shipped tensors.
 
-    python -m training.train --config training/config.json --out weights [--role coarse|fine|both] [--device cpu|cuda] [--resume] [--init WEIGHTS] [--workers N]
+    python -m training.train --config training/config.json --out weights [--role coarse|fine|both] [--device cpu|cuda] [--resume] [--init WEIGHTS] [--workers N] [--minutes M]
 
 ``--resume`` loads the warm-restart cycles already finished in ``OUT/checkpoints/`` (a cycle depends
 only on the weights it starts from and its seed, so this equals re-running them). ``--workers N``
 generates the phantoms ahead in N processes (``training.prefetch``): the same phantoms in the same
-order, so the same tensors, with the GPU fed while they are made.
+order, so the same tensors, with the GPU fed while they are made. ``--minutes M`` gives each role
+M minutes of wall time instead of its step count (split among its cycles as their step counts
+are): the poly schedule then runs over the time left after the phantom pool, and the cycle stops
+when it is spent, annealed, for a machine held for a fixed window. Its step count then depends on
+the machine's speed, so its tensors are not repeatable.
 """
 
 from __future__ import annotations
@@ -205,18 +209,20 @@ class DeepSupervision(torch.nn.Module):
         return terms
 
 
-def learning_rate_factor(steps: int, warmup: int = 0) -> Callable[[int], float]:
-    """The poly schedule over ``steps``, its first ``warmup`` steps ramped linearly up from lr/warmup.
+def schedule_factor(done: float, step: int, warmup: int = 0) -> float:
+    """The learning-rate factor at ``step`` with a fraction ``done`` of the cycle spent: poly decay
+    over the cycle, its first ``warmup`` steps ramped linearly up from lr/warmup.
 
     A fresh AdamW moves every weight by about lr in its first steps, whatever the gradient's size;
     from trained weights that is a jolt the ramp avoids.
     """
+    poly = max(0.0, 1 - done) ** 0.9
+    return poly * min(1.0, (step + 1) / warmup) if warmup else poly
 
-    def factor(step: int) -> float:
-        poly = (1 - step / steps) ** 0.9
-        return poly * min(1.0, (step + 1) / warmup) if warmup else poly
 
-    return factor
+def learning_rate_factor(steps: int, warmup: int = 0) -> Callable[[int], float]:
+    """``schedule_factor`` for a cycle of ``steps`` steps, by step."""
+    return lambda step: schedule_factor(step / steps, step, warmup)
 
 
 def fit_heads(net: UNet3D, ds: DeepSupervision, draw: Callable[[], tuple[torch.Tensor, torch.Tensor]], spec: dict) -> dict:
@@ -251,21 +257,23 @@ def cycle_lengths(tr: dict) -> list[int]:
 
 
 def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, config: dict, seed: int, steps: int, out: Path, device: torch.device,
-                workers: int = 0) -> dict:
+                workers: int = 0, seconds: float | None = None, clock: Callable[[], float] = time.monotonic) -> dict:
     """One cycle: fresh optimiser, poly learning rate over ``steps``, fresh phantom pool from ``seed``.
 
     A cycle depends only on the weights it starts from and its seed, so a finished cycle's
     checkpoint can stand in for re-running it. ``workers``: processes that generate its phantoms ahead.
+    ``seconds``: run for this much wall time (by ``clock``) from the cycle's start instead of
+    ``steps`` steps, the poly schedule over the time left once the pool is made and the heads fitted.
     """
     volumes = Prefetch(functools.partial(volume_arrays, seed, role, cfg, recipe["intensity"]), workers, initializer=_generation_worker)
     try:
-        return _train_cycle(net, role, cfg, config, seed, steps, out, device, volumes)
+        return _train_cycle(net, role, cfg, config, seed, steps, out, device, volumes, seconds, clock)
     finally:
         volumes.close()
 
 
 def _train_cycle(net: UNet3D, role: str, cfg: dict, config: dict, seed: int, steps: int, out: Path, device: torch.device,
-                 volumes: Prefetch[tuple[np.ndarray, np.ndarray]]) -> dict:
+                 volumes: Prefetch[tuple[np.ndarray, np.ndarray]], seconds: float | None, clock: Callable[[], float]) -> dict:
     """``train_cycle``'s body; ``volumes`` gives the cycle's phantoms, ``[seed, 0]``, ``[seed, 1]``, ... in order."""
     def next_volume() -> tuple[torch.Tensor, torch.Tensor]:
         image, labels = next(volumes)
@@ -276,7 +284,7 @@ def _train_cycle(net: UNet3D, role: str, cfg: dict, config: dict, seed: int, ste
     patch = tuple(tr.get("patch_size", cfg["input"]["patch_size"]))
     ds = DeepSupervision(net, tr.get("deep_supervision", 0)).to(device)
     opt = torch.optim.AdamW([*net.parameters(), *ds.parameters()], lr=tr["lr"], weight_decay=3e-5)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, learning_rate_factor(steps, int(tr.get("warmup", 0))))
+    warmup = int(tr.get("warmup", 0))
     sampler = PatchSampler(patch, tr["foreground_fraction"], rng, tr.get("pad_value"))  # type: ignore[arg-type]
     nnunet_aug = None
     if tr.get("augment") == "nnunet":  # nnU-Net's spatial and intensity augmentation (training/augmentation.py)
@@ -285,11 +293,11 @@ def _train_cycle(net: UNet3D, role: str, cfg: dict, config: dict, seed: int, ste
         nnunet_aug = nnunet_augmentation(patch)  # type: ignore[arg-type]
         np.random.seed(seed % 2**32)  # batchgeneratorsv2 draws from numpy's global generator (torch's is seeded per cycle)
     next_case = 0
-    t0 = time.time()
+    t0 = clock()
     for _ in range(tr["pool"]):
         sampler.add(*next_volume())
         next_case += 1
-    print(f"[{role}] seed {seed}: pool of {tr['pool']} phantoms in {time.time() - t0:.0f} s", flush=True)
+    print(f"[{role}] seed {seed}: pool of {tr['pool']} phantoms in {clock() - t0:.0f} s", flush=True)
 
     def draw() -> tuple[torch.Tensor, torch.Tensor]:
         batch = [sampler.sample() for _ in range(tr["batch"])]
@@ -299,9 +307,15 @@ def _train_cycle(net: UNet3D, role: str, cfg: dict, config: dict, seed: int, ste
         return x, torch.stack([b[1] for b in batch]).to(device)
 
     head_log = fit_heads(net, ds, draw, tr["head_fit"]) if tr.get("head_fit") and ds.levels else None
-    losses = []
-    t_train = time.time()
-    for step in range(steps):
+    losses: list[float] = []
+    t_train = clock()
+    left = None if seconds is None else t0 + seconds - t_train
+    if left is not None and left <= 0:
+        raise RuntimeError(f"[{role}] the phantom pool took {t_train - t0:.0f} s of the cycle's {seconds:.0f} s: no time left to train")
+    step = 0
+    while (done := step / steps if left is None else (clock() - t_train) / left) < 1:
+        for group in opt.param_groups:
+            group["lr"] = tr["lr"] * schedule_factor(done, step, warmup)
         if step and step % tr["refresh_every"] == 0:
             sampler.add(*next_volume(), slot=next_case % tr["pool"])
             next_case += 1
@@ -312,17 +326,21 @@ def _train_cycle(net: UNet3D, role: str, cfg: dict, config: dict, seed: int, ste
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
         opt.step()
-        sched.step()
         losses.append(float(loss.detach()))
-        if step % 25 == 0 or step == steps - 1:
-            print(f"[{role}] step {step + 1}/{steps} loss {np.mean(losses[-25:]):.3f} ({time.time() - t_train:.0f} s)", flush=True)
-        if (step + 1) % tr.get("checkpoint_every", 100) == 0:  # a usable folder even if the run is cut short
-            save_model(out / "checkpoints" / f"{role}.seed{seed}.step{step + 1}", net, config)
+        step += 1
+        if step % 25 == 1 or step == steps:
+            of = f"/{steps}" if left is None else f" ({100 * done:.0f} % of {seconds / 60:g} min)"
+            print(f"[{role}] step {step}{of} loss {np.mean(losses[-25:]):.3f} ({clock() - t_train:.0f} s)", flush=True)
+        if step % tr.get("checkpoint_every", 100) == 0:  # a usable folder even if the run is cut short
+            save_model(out / "checkpoints" / f"{role}.seed{seed}.step{step}", net, config)
+    if left is not None:
+        print(f"[{role}] time spent: {step} steps, loss {np.mean(losses[-25:]):.3f} ({clock() - t_train:.0f} s)", flush=True)
     return {
         "seed": seed,
-        "steps": steps,
+        "steps": step,
+        **({"minutes": round(seconds / 60, 3)} if seconds is not None else {}),
         "phantoms_generated": next_case,
-        "seconds": round(time.time() - t0, 1),
+        "seconds": round(clock() - t0, 1),
         "final_loss": round(float(np.mean(losses[-50:])), 4),
         "deep_supervision_levels": ds.levels,
         **({"head_fit": head_log} if head_log else {}),
@@ -355,11 +373,12 @@ def _generation_worker() -> None:
 
 
 def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.device, resume: bool = False, init: Path | None = None,
-               workers: int = 0) -> dict:
+               workers: int = 0, minutes: float | None = None, clock: Callable[[], float] = time.monotonic) -> dict:
     """Every cycle of one role; with ``resume``, cycles whose checkpoint exists in ``out`` are loaded.
 
     ``init``: a weights folder (``init/<role>/model.safetensors``) to start from instead of random
-    weights, for fine-tuning a trained pair on new data; ``workers``: see ``train_cycle``.
+    weights, for fine-tuning a trained pair on new data; ``workers``: see ``train_cycle``;
+    ``minutes``: the role's wall time by ``clock``, each cycle's share in proportion to its step count.
     """
     import hashlib
 
@@ -386,7 +405,8 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
         print(f"[{role}] starting from {tensors}", flush=True)
     config = {"role": role, "input": cfg["input"], "intensity": recipe["intensity"], "labels": label_names(cfg)}
     cycles = []
-    for k, steps in enumerate(cycle_lengths(tr)):
+    lengths = cycle_lengths(tr)
+    for k, steps in enumerate(lengths):
         seed = base + 10 * k  # cycle 0 keeps the single-cycle recipe's seed
         done = out / "checkpoints" / f"{role}.cycle{k + 1}"
         if resume and (done / "model.safetensors").exists():
@@ -397,7 +417,8 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
             continue
         if k:  # cycle 0 draws from the stream seeded before the network was built
             torch.manual_seed(seed)
-        log = train_cycle(net, role, cfg, recipe, config, seed, steps, out, device, workers)
+        seconds = None if minutes is None else 60 * minutes * steps / sum(lengths)
+        log = train_cycle(net, role, cfg, recipe, config, seed, steps, out, device, workers, seconds, clock)
         save_model(done, net, config)
         (done / "cycle_log.json").write_text(json.dumps(log, indent=1) + "\n")
         cycles.append(log)
@@ -419,6 +440,7 @@ def train_role(role: str, cfg: dict, recipe: dict, out: Path, device: torch.devi
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "phantom_workers": workers,  # the times depend on it, the tensors do not
+        **({"minutes": minutes} if minutes is not None else {}),  # the step count then depends on the machine
         "seed": base,
         **({"initialised_from": start} if start else {}),
     }
@@ -437,14 +459,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--init", type=Path, default=None, help="start from the weights in INIT/<role>/ (fine-tuning) instead of random ones")
     ap.add_argument("--workers", type=int, default=0,
                     help="processes that generate phantoms ahead (default 0: in this process); the same tensors either way")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="train each role for this much wall time, the poly schedule over it, instead of the recipe's step count")
     args = ap.parse_args(argv)
+    if args.minutes is not None and args.minutes <= 0:
+        ap.error(f"--minutes must be positive, not {args.minutes:g}")
     recipe = load_recipe(args.config)
     check_recipe(recipe)
     for role in ("coarse", "fine") if args.role == "both" else (args.role,):
         cfg = recipe[role]
         if args.steps:
             cfg["train"]["steps"] = args.steps
-        print(json.dumps(train_role(role, cfg, recipe, args.out, torch.device(args.device), args.resume, args.init, args.workers)), flush=True)
+        print(json.dumps(train_role(role, cfg, recipe, args.out, torch.device(args.device), args.resume, args.init, args.workers, args.minutes)), flush=True)
 
 
 if __name__ == "__main__":
