@@ -15,7 +15,7 @@ from app.model import load_model
 from app.weights import read_spec
 from app.unet import UNet3D, UNetConfig
 from training.recipe import load_recipe
-from training.train import train_role
+from training.train import check_recipe, train_role
 
 CPU = Placement("torch", "cpu", "fp32")
 
@@ -249,6 +249,47 @@ def test_phantoms_generated_ahead_in_workers_train_the_same_tensors(tmp_path):
     assert [logs[n]["phantom_workers"] for n in (0, 2)] == [0, 2]
     a, b = (load_file(tmp_path / str(n) / "fine" / "model.safetensors") for n in (0, 2))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_patches_cut_ahead_are_each_phantom_s_own_whoever_cuts_them():
+    """``phantom_patches``: a phantom's augmented patches depend on its index alone, not on what
+    was drawn before it in the same process (a worker cuts many phantoms in any order)."""
+    from training.train import phantom_patches
+
+    recipe = load_recipe(RECIPE)
+    cfg = recipe["fine"]
+    cfg["phantoms"].update(size=96, inplane=[2.0, 2.0], thickness=[5.0, 5.0])
+    cfg["train"].update(patch_size=[16, 32, 32], augment="nnunet", patches_per_phantom=3)
+    first = phantom_patches(5, "fine", cfg, recipe["intensity"], 1)
+    phantom_patches(5, "fine", cfg, recipe["intensity"], 0)
+    np.random.seed(123)
+    states = np.random.get_state()[1].copy(), torch.get_rng_state()
+    again = phantom_patches(5, "fine", cfg, recipe["intensity"], 1)
+    assert np.array_equal(np.random.get_state()[1], states[0]) and torch.equal(torch.get_rng_state(), states[1])  # the caller's draws untouched
+    other = phantom_patches(5, "fine", cfg, recipe["intensity"], 2)
+    images, labels = first
+    assert images.shape == labels.shape == (3, 16, 32, 32) and images.dtype == np.float32 and labels.dtype == np.uint8
+    assert np.array_equal(images, again[0]) and np.array_equal(labels, again[1])
+    assert not np.array_equal(images, other[0])
+    assert labels.max() > 0 and not np.array_equal(images[0], images[1])
+
+
+def test_patches_cut_ahead_in_workers_train_the_same_tensors(tmp_path):
+    """``train.patches_per_phantom``: patches come from a buffer filled by the phantom stream, each
+    used once, and the weights do not depend on the number of workers that cut them."""
+    from safetensors.torch import load_file
+
+    recipe = load_recipe(RECIPE)
+    cfg = recipe["fine"]
+    cfg["phantoms"].update(size=96, inplane=[2.0, 2.0], thickness=[5.0, 5.0], label_maps=0.5)
+    cfg["train"].update(steps=4, batch=2, checkpoint_every=100, patch_size=[16, 32, 32], augment="nnunet",
+                        patches_per_phantom=3, patch_buffer=4)
+    logs = {n: train_role("fine", cfg, recipe, tmp_path / str(n), torch.device("cpu"), workers=n) for n in (0, 2)}
+    assert logs[0]["phantoms_generated"] == logs[2]["phantoms_generated"] == 4  # 4 in the buffer + 8 drawn = 12 patches
+    a, b = (load_file(tmp_path / str(n) / "fine" / "model.safetensors") for n in (0, 2))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="patch_buffer of at least the batch"):
+        check_recipe({**recipe, "fine": {**cfg, "train": {**cfg["train"], "patch_buffer": 1}}})
 
 
 def test_the_recipe_with_nnunet_augmentation_is_repeatable(tmp_path):

@@ -10,7 +10,8 @@ reproduce the shipped tensors.
 ``--resume`` loads the warm-restart cycles already finished in ``OUT/checkpoints/`` (a cycle depends
 only on the weights it starts from and its seed, so this equals re-running them). ``--workers N``
 generates the phantoms ahead in N processes (``training.prefetch``): the same phantoms in the same
-order, so the same tensors, with the GPU fed while they are made. ``--minutes M`` gives each role
+order, so the same tensors, with the GPU fed while they are made; a recipe with
+``train.patches_per_phantom`` has them cut and augment the patches too (``phantom_patches``). ``--minutes M`` gives each role
 M minutes of wall time instead of its step count (split among its cycles as their step counts
 are): the poly schedule then runs over the time left after the phantom pool, and the cycle stops
 when it is spent, annealed, for a machine held for a fixed window. Its step count then depends on
@@ -25,6 +26,7 @@ import json
 import os
 import platform
 import time
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -59,6 +61,9 @@ def check_recipe(recipe: dict) -> None:
         unknown = set(recipe[role]["phantoms"]) - PHANTOM_KEYS
         if unknown:
             raise ValueError(f"{role}.phantoms: unknown setting(s) {sorted(unknown)}; known: {sorted(PHANTOM_KEYS)}")
+        tr = recipe[role]["train"]
+        if tr.get("patches_per_phantom") and not int(tr.get("patch_buffer", 0)) >= int(tr["batch"]):
+            raise ValueError(f"{role}.train: patches_per_phantom needs a patch_buffer of at least the batch ({tr['batch']}), not {tr.get('patch_buffer')}")
 
 
 def label_names(cfg: dict) -> dict[str, str]:
@@ -265,7 +270,8 @@ def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, config: dict, s
     ``seconds``: run for this much wall time (by ``clock``) from the cycle's start instead of
     ``steps`` steps, the poly schedule over the time left once the pool is made and the heads fitted.
     """
-    volumes = Prefetch(functools.partial(volume_arrays, seed, role, cfg, recipe["intensity"]), workers, initializer=_generation_worker)
+    make = phantom_patches if cfg["train"].get("patches_per_phantom") else volume_arrays
+    volumes = Prefetch(functools.partial(make, seed, role, cfg, recipe["intensity"]), workers, initializer=_generation_worker)
     try:
         return _train_cycle(net, role, cfg, config, seed, steps, out, device, volumes, seconds, clock)
     finally:
@@ -274,7 +280,8 @@ def train_cycle(net: UNet3D, role: str, cfg: dict, recipe: dict, config: dict, s
 
 def _train_cycle(net: UNet3D, role: str, cfg: dict, config: dict, seed: int, steps: int, out: Path, device: torch.device,
                  volumes: Prefetch[tuple[np.ndarray, np.ndarray]], seconds: float | None, clock: Callable[[], float]) -> dict:
-    """``train_cycle``'s body; ``volumes`` gives the cycle's phantoms, ``[seed, 0]``, ``[seed, 1]``, ... in order."""
+    """``train_cycle``'s body; ``volumes`` gives the cycle's phantoms, ``[seed, 0]``, ``[seed, 1]``, ... in order
+    (with ``train.patches_per_phantom``, each one's patches, ``phantom_patches``)."""
     def next_volume() -> tuple[torch.Tensor, torch.Tensor]:
         image, labels = next(volumes)
         return torch.from_numpy(image), torch.from_numpy(labels)
@@ -285,26 +292,48 @@ def _train_cycle(net: UNet3D, role: str, cfg: dict, config: dict, seed: int, ste
     ds = DeepSupervision(net, tr.get("deep_supervision", 0)).to(device)
     opt = torch.optim.AdamW([*net.parameters(), *ds.parameters()], lr=tr["lr"], weight_decay=3e-5)
     warmup = int(tr.get("warmup", 0))
-    sampler = PatchSampler(patch, tr["foreground_fraction"], rng, tr.get("pad_value"))  # type: ignore[arg-type]
-    nnunet_aug = None
-    if tr.get("augment") == "nnunet":  # nnU-Net's spatial and intensity augmentation (training/augmentation.py)
-        from training.augmentation import nnunet_augmentation
-
-        nnunet_aug = nnunet_augmentation(patch)  # type: ignore[arg-type]
-        np.random.seed(seed % 2**32)  # batchgeneratorsv2 draws from numpy's global generator (torch's is seeded per cycle)
-    next_case = 0
     t0 = clock()
-    for _ in range(tr["pool"]):
-        sampler.add(*next_volume())
-        next_case += 1
-    print(f"[{role}] seed {seed}: pool of {tr['pool']} phantoms in {clock() - t0:.0f} s", flush=True)
+    if tr.get("patches_per_phantom"):  # patches cut and augmented ahead (``phantom_patches``), each used once
+        stream = PatchStream(volumes, int(tr["patch_buffer"]), rng)
+        print(f"[{role}] seed {seed}: {len(stream.buffer)} patches from {stream.taken} phantoms in {clock() - t0:.0f} s", flush=True)
 
-    def draw() -> tuple[torch.Tensor, torch.Tensor]:
-        batch = [sampler.sample() for _ in range(tr["batch"])]
-        if nnunet_aug is not None:
-            batch = [nnunet_aug(*b) for b in batch]
-        x = torch.stack([augment(b[0], rng) for b in batch])[:, None].to(device)
-        return x, torch.stack([b[1] for b in batch]).to(device)
+        def draw() -> tuple[torch.Tensor, torch.Tensor]:
+            batch = [stream.sample() for _ in range(tr["batch"])]
+            return torch.stack([b[0] for b in batch])[:, None].to(device), torch.stack([b[1] for b in batch]).to(device)
+
+        def refresh(step: int) -> None:
+            pass
+
+        def generated() -> int:
+            return stream.taken
+    else:
+        sampler = PatchSampler(patch, tr["foreground_fraction"], rng, tr.get("pad_value"))  # type: ignore[arg-type]
+        nnunet_aug = None
+        if tr.get("augment") == "nnunet":  # nnU-Net's spatial and intensity augmentation (training/augmentation.py)
+            from training.augmentation import nnunet_augmentation
+
+            nnunet_aug = nnunet_augmentation(patch)  # type: ignore[arg-type]
+            np.random.seed(seed % 2**32)  # batchgeneratorsv2 draws from numpy's global generator (torch's is seeded per cycle)
+        cases = [0]  # phantoms taken so far
+        for _ in range(tr["pool"]):
+            sampler.add(*next_volume())
+            cases[0] += 1
+        print(f"[{role}] seed {seed}: pool of {tr['pool']} phantoms in {clock() - t0:.0f} s", flush=True)
+
+        def draw() -> tuple[torch.Tensor, torch.Tensor]:
+            batch = [sampler.sample() for _ in range(tr["batch"])]
+            if nnunet_aug is not None:
+                batch = [nnunet_aug(*b) for b in batch]
+            x = torch.stack([augment(b[0], rng) for b in batch])[:, None].to(device)
+            return x, torch.stack([b[1] for b in batch]).to(device)
+
+        def refresh(step: int) -> None:
+            if step and step % tr["refresh_every"] == 0:
+                sampler.add(*next_volume(), slot=cases[0] % tr["pool"])
+                cases[0] += 1
+
+        def generated() -> int:
+            return cases[0]
 
     head_log = fit_heads(net, ds, draw, tr["head_fit"]) if tr.get("head_fit") and ds.levels else None
     losses: list[float] = []
@@ -316,9 +345,7 @@ def _train_cycle(net: UNet3D, role: str, cfg: dict, config: dict, seed: int, ste
     while (done := step / steps if left is None else (clock() - t_train) / left) < 1:
         for group in opt.param_groups:
             group["lr"] = tr["lr"] * schedule_factor(done, step, warmup)
-        if step and step % tr["refresh_every"] == 0:
-            sampler.add(*next_volume(), slot=next_case % tr["pool"])
-            next_case += 1
+        refresh(step)
         x, y = draw()
         net.train()
         loss = ds.loss(net, x, y)
@@ -339,7 +366,7 @@ def _train_cycle(net: UNet3D, role: str, cfg: dict, config: dict, seed: int, ste
         "seed": seed,
         "steps": step,
         **({"minutes": round(seconds / 60, 3)} if seconds is not None else {}),
-        "phantoms_generated": next_case,
+        "phantoms_generated": generated(),
         "seconds": round(clock() - t0, 1),
         "final_loss": round(float(np.mean(losses[-50:])), 4),
         "deep_supervision_levels": ds.levels,
@@ -365,6 +392,68 @@ def volume_arrays(seed: int, role: str, cfg: dict, intensity: dict, case: int) -
     """``training_volume([seed, case], ...)`` as arrays, which a worker process hands back cheaply."""
     image, labels = training_volume([seed, case], role, cfg, intensity)
     return image.numpy(), labels.numpy()
+
+
+def phantom_patches(seed: int, role: str, cfg: dict, intensity: dict, case: int) -> tuple[np.ndarray, np.ndarray]:
+    """Phantom ``[seed, case]`` cut into ``train.patches_per_phantom`` training patches, augmented as
+    the pool's patches are (nnU-Net's transforms where the recipe has them, then the intensity
+    jitter): ``[K, z, y, x]`` float32 images and uint8 labels.
+
+    All the work a patch needs before the network, as one pure function of its index, so that
+    workers can do it: a GPU step takes milliseconds, augmenting a patch in the training process
+    a large part of a second (training/README.md). Its own generators, seeded from ``[seed, case]``,
+    make the patches independent of which process cuts them.
+    """
+    tr = cfg["train"]
+    patch = tuple(tr.get("patch_size", cfg["input"]["patch_size"]))
+    rng = np.random.default_rng([seed, case, 1])
+    sampler = PatchSampler(patch, tr["foreground_fraction"], rng, tr.get("pad_value"))  # type: ignore[arg-type]
+    sampler.add(*training_volume([seed, case], role, cfg, intensity))
+    nnunet_aug = None
+    if tr.get("augment") == "nnunet":
+        from training.augmentation import nnunet_augmentation
+
+        nnunet_aug = nnunet_augmentation(patch)  # type: ignore[arg-type]
+    images, labels = [], []
+    # batchgeneratorsv2 and the noise draw from numpy's and torch's global generators: seeded here,
+    # and the caller's states put back, so the training process's own draws stay where they were
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        np.random.seed(int(rng.integers(2**32)))
+        torch.manual_seed(int(rng.integers(2**63)))
+        try:
+            for _ in range(int(tr["patches_per_phantom"])):
+                x, y = sampler.sample()
+                if nnunet_aug is not None:
+                    x, y = nnunet_aug(x, y)
+                images.append(augment(x, rng).numpy().astype(np.float32))
+                labels.append(y.numpy().astype(np.uint8))
+        finally:
+            np.random.set_state(numpy_state)
+    return np.stack(images), np.stack(labels)
+
+
+class PatchStream:
+    """Patches cut ahead from a stream of phantoms (``phantom_patches``), drawn at random from a
+    buffer of ``size`` and each used once: the pool's mixing of phantoms within a batch without
+    its cost in the training process."""
+
+    def __init__(self, phantoms: Prefetch[tuple[np.ndarray, np.ndarray]], size: int, rng: np.random.Generator) -> None:
+        self.phantoms, self.rng, self.taken = phantoms, rng, 0
+        self.fresh: deque[tuple[np.ndarray, np.ndarray]] = deque()
+        self.buffer = [self._next() for _ in range(size)]
+
+    def _next(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.fresh:
+            images, labels = next(self.phantoms)
+            self.fresh.extend(zip(images, labels))
+            self.taken += 1
+        return self.fresh.popleft()
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        k = int(self.rng.integers(len(self.buffer)))
+        (image, labels), self.buffer[k] = self.buffer[k], self._next()
+        return torch.from_numpy(image), torch.from_numpy(labels).long()
 
 
 def _generation_worker() -> None:
