@@ -356,9 +356,14 @@ def test_evaluate_scores_the_real_scans_alone_on_the_organs_each_reference_has(t
 
 
 def test_warmup_ramps_the_poly_schedule_and_zero_warmup_is_the_poly_schedule():
-    from training.train import learning_rate_factor
+    from training.train import schedule_factor
 
-    poly, warm = learning_rate_factor(100), learning_rate_factor(100, 10)
+    def poly(s: int) -> float:  # a cycle of 100 steps, by step
+        return schedule_factor(s / 100, s)
+
+    def warm(s: int) -> float:
+        return schedule_factor(s / 100, s, 10)
+
     assert [poly(s) for s in range(100)] == [(1 - s / 100) ** 0.9 for s in range(100)]
     assert warm(0) == poly(0) / 10 and warm(4) == poly(4) / 2
     assert all(warm(s) < warm(s + 1) for s in range(9)) and all(warm(s) == poly(s) for s in range(9, 100))

@@ -52,30 +52,19 @@ def average_folders(folders: list[Path], out: Path) -> dict:
     from safetensors.torch import load_file
 
     from app.convert.tensors import save_tensors
-    from app.weights import write_config
+    from app.weights import read_spec, write_config
 
     configs = [json.loads((f / "config.json").read_text()) for f in folders]
     for f, c in zip(folders[1:], configs[1:]):
         if c.get("architecture") != configs[0].get("architecture") or c.get("labels") != configs[0].get("labels"):
             raise ValueError(f"{f}: its architecture or labels are not {folders[0]}'s")
     names = [str(f) for f in folders]
-    states = [load_file(str(f / configs[k].get("files", ["model.safetensors"])[0])) for k, f in enumerate(folders)]
+    states = [load_file(str(f / read_spec(f).files[0])) for f in folders]
     mean = average_tensors(states, names)
-    save_tensors(out, _StateHolder(mean))
+    save_tensors(out, mean)
     config = {k: v for k, v in configs[0].items() if k != "onnx"}
     write_config(out, {**config, "files": ["model.safetensors"], "averaged_from": names})
     return {"out": str(out), "averaged_from": names, "tensors": len(mean)}
-
-
-class _StateHolder(torch.nn.Module):
-    """A module whose ``state_dict`` is a given dict of tensors, for ``save_tensors``."""
-
-    def __init__(self, state: dict[str, torch.Tensor]) -> None:
-        super().__init__()
-        self._state = state
-
-    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        return dict(self._state)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ generates the phantoms ahead in N processes (``training.prefetch``): the same ph
 order, so the same tensors, with the GPU fed while they are made; a recipe with
 ``train.patches_per_phantom`` has them cut and augment the patches too (``phantom_patches``). ``--minutes M`` gives each role
 M minutes of wall time instead of its step count (split among its cycles as their step counts
-are): the poly schedule then runs over the time left after the phantom pool, and the cycle stops
+are): the poly schedule then runs over the time left after the phantom pool and head fit, and the cycle stops
 when it is spent, annealed, for a machine held for a fixed window. Its step count then depends on
 the machine's speed, so its tensors are not repeatable.
 """
@@ -167,6 +167,16 @@ def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return x
 
 
+def spatial_augmentation(tr: dict, patch: tuple[int, ...]) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+    """nnU-Net's spatial and intensity augmentation (training/augmentation.py) where ``train.augment``
+    asks for it, else None."""
+    if tr.get("augment") != "nnunet":
+        return None
+    from training.augmentation import nnunet_augmentation
+
+    return nnunet_augmentation(patch)  # type: ignore[arg-type]
+
+
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy plus soft Dice over the foreground classes (nnU-Net's default pairing)."""
     ce = F.cross_entropy(logits, target)
@@ -223,11 +233,6 @@ def schedule_factor(done: float, step: int, warmup: int = 0) -> float:
     """
     poly = max(0.0, 1 - done) ** 0.9
     return poly * min(1.0, (step + 1) / warmup) if warmup else poly
-
-
-def learning_rate_factor(steps: int, warmup: int = 0) -> Callable[[int], float]:
-    """``schedule_factor`` for a cycle of ``steps`` steps, by step."""
-    return lambda step: schedule_factor(step / steps, step, warmup)
 
 
 def fit_heads(net: UNet3D, ds: DeepSupervision, draw: Callable[[], tuple[torch.Tensor, torch.Tensor]], spec: dict) -> dict:
@@ -308,11 +313,8 @@ def _train_cycle(net: UNet3D, role: str, cfg: dict, config: dict, seed: int, ste
             return stream.taken
     else:
         sampler = PatchSampler(patch, tr["foreground_fraction"], rng, tr.get("pad_value"))  # type: ignore[arg-type]
-        nnunet_aug = None
-        if tr.get("augment") == "nnunet":  # nnU-Net's spatial and intensity augmentation (training/augmentation.py)
-            from training.augmentation import nnunet_augmentation
-
-            nnunet_aug = nnunet_augmentation(patch)  # type: ignore[arg-type]
+        nnunet_aug = spatial_augmentation(tr, patch)
+        if nnunet_aug is not None:
             np.random.seed(seed % 2**32)  # batchgeneratorsv2 draws from numpy's global generator (torch's is seeded per cycle)
         cases = [0]  # phantoms taken so far
         for _ in range(tr["pool"]):
@@ -409,11 +411,7 @@ def phantom_patches(seed: int, role: str, cfg: dict, intensity: dict, case: int)
     rng = np.random.default_rng([seed, case, 1])
     sampler = PatchSampler(patch, tr["foreground_fraction"], rng, tr.get("pad_value"))  # type: ignore[arg-type]
     sampler.add(*training_volume([seed, case], role, cfg, intensity))
-    nnunet_aug = None
-    if tr.get("augment") == "nnunet":
-        from training.augmentation import nnunet_augmentation
-
-        nnunet_aug = nnunet_augmentation(patch)  # type: ignore[arg-type]
+    nnunet_aug = spatial_augmentation(tr, patch)
     images, labels = [], []
     # batchgeneratorsv2 and the noise draw from numpy's and torch's global generators: seeded here,
     # and the caller's states put back, so the training process's own draws stay where they were
