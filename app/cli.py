@@ -12,6 +12,10 @@ from .labels import ORGANS
 
 log = logging.getLogger("app")
 
+# --tta: the fine stage's passes, organs seen at these multiples of their size (weights/MODEL_CARD.md,
+# "Test-time scale augmentation", has what they measured)
+TTA_SCALES = (0.8, 0.9, 1.0, 1.1, 1.2)
+
 
 def _labels_arg(text: str) -> tuple[int, ...] | None:
     """'organs' (1-13), 'all', 'none' or a comma list such as '1,2,3'."""
@@ -57,6 +61,9 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
                    help="grow the ROI and segment again where organs reach its faces, at most N times (default 2; 0: never)")
     p.add_argument("--tiling", choices=("model", "sliding", "whole"), default="model",
                    help="fine stage: the model's setting (default), nnU-Net's overlapping tiles, or one pass over the crop")
+    p.add_argument("--tta", dest="tta_scales", action="store_const", const=TTA_SCALES, default=(1.0,),
+                   help=f"test-time scale augmentation: the fine model also sees the crop with organs {', '.join(f'{s:g}' for s in TTA_SCALES if s != 1)} "
+                        f"times their size, {len(TTA_SCALES)} passes averaged ({len(TTA_SCALES)}x the fine stage's time)")
     p.add_argument("--upsample", choices=("logits", "labels"), default="logits", help="how fine predictions return to the scan grid")
     p.add_argument("--keep-largest", type=_labels_arg, default=ORGANS, metavar="LABELS",
                    help="labels reduced to their largest connected component: organs (default, 1-13), all, none, or 1,2,3")
@@ -171,6 +178,7 @@ def _predict(args: argparse.Namespace) -> int:
         roi_gap_mm=args.roi_gap_mm,
         roi_grow=args.roi_grow,
         upsample=args.upsample,
+        tta_scales=args.tta_scales,
         keep_largest=args.keep_largest,
         backend=args.backend,
         tiling=args.tiling,

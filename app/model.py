@@ -54,6 +54,12 @@ class Model:
             return self.spec.size
         return resampled_shape(shape, spacing, self.spec.spacing)  # type: ignore[arg-type, return-value]
 
+    def grid_spacing(self, shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[float, float, float]:
+        """The spacing of ``grid(shape, spacing)``: the model's own, or the volume's extent over a fixed size."""
+        if self.spec.spacing is not None:
+            return self.spec.spacing  # type: ignore[return-value]
+        return tuple(s * n / g for s, n, g in zip(spacing, shape, self.grid(shape, spacing)))  # type: ignore[return-value]
+
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         """The model's intensity window, in its tensor dtype on its device (a new tensor)."""
         return normalized(image, self.spec.clip, self.spec.mean, self.spec.std, self.device, self.dtype)
@@ -63,7 +69,7 @@ class Model:
         crop) normalised, then resampled onto the model's grid by the model's rule (nnU-Net's order
         also: normalise first), on the model's device; with the grid's spacing."""
         grid = self.grid(tuple(image.shape), spacing)
-        grid_spacing = tuple(s * n / g for s, n, g in zip(spacing, image.shape, grid)) if self.spec.spacing is None else self.spec.spacing
+        grid_spacing = self.grid_spacing(tuple(image.shape), spacing)
         how = self.spec.resampling
         if how.scheme == "trilinear":
             return resize_sampled(image, grid, self.normalize), grid_spacing  # type: ignore[return-value]

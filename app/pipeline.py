@@ -51,6 +51,7 @@ class Options:
     shard: tuple[int, int] | None = None  # (k, n): only the sorted cases i with i % n == k (Slurm arrays, Indexed Jobs)
     skip_existing: bool = False  # resume: cases whose mask is already in the output folder are not run again
     laterality: str = "anatomy"  # anatomy: where organs lie mirrored to the header, segment the scan mirrored | header: keep the header's sides
+    tta_scales: tuple[float, ...] = (1.0,)  # fine-stage passes, organs seen this many times their size, averaged (--tta: cli.TTA_SCALES)
 
 
 @dataclass
@@ -169,6 +170,8 @@ def plan_run(in_dir: Path, out_dir: Path, options: Options) -> Plan:
     try:
         check_writable(out_dir)
         coarse_spec, fine_spec = load_specs(options)
+        if tuple(options.tta_scales) != (1.0,) and fine_spec.spacing is None:
+            raise SetupError(f"{fine_spec.folder}: test-time scale augmentation needs a fine model with an input spacing, not a fixed input size")
         if options.preview is not None:
             check_writable(options.preview)
     except (ScanError, WeightsError) as e:
@@ -253,6 +256,9 @@ class Engine:
         self.device = self.fine.device
         self.startup_s: float | None = seconds_since_process_start()  # reported with the first case
         log.info("models ready: %s, %.2f s after the process started", self.fine.placement, self.startup_s)
+        if tuple(options.tta_scales) != (1.0,):
+            log.info("test-time scale augmentation: the fine model sees each crop with organs %s times their size, the passes averaged",
+                     ", ".join(f"{s:g}" for s in options.tta_scales))
 
     def run_case(self, path: Path, scan_future: Future, out_dir: Path, on_stage: Callable[[str], None] = _no_report) -> CaseResult:
         name = path.name
@@ -356,7 +362,7 @@ class Engine:
         with watch.stage("roi"):
             crop = np.ascontiguousarray(view[box.slices])
         with watch.stage("fine"):
-            labels = self.stages.segment_crop(self.fine, crop, spacing, opts.upsample, name)
+            labels = self.stages.segment_crop(self.fine, crop, spacing, opts.upsample, name, scales=opts.tta_scales)
             del crop
             # the labels found: the cleanup keeps a piece of every one (torch counts uint8 in one
             # pass; numpy's unique sorted the crop, 0.2 s)

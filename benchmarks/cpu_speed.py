@@ -5,12 +5,13 @@ engine as the organisers do: one ``python -m app predict`` process per case, def
 Prints per scan the medians of the repeats (process wall time, the stages from ``--timings``,
 peak RSS) and the speed-up, then each engine's mean organ DSC against the phantoms' labels and
 the agreement of the masks on the real scans in ../shared/data/ct (labelled or not): the current
-engine against the earlier commit, and each ``--precision`` run against the current default.
+engine against the earlier commit, and each ``--precision`` or ``--also`` run against the current default.
 Last, the engine alone: the earlier commit's own weights, configs as they were, run by the
 current engine (default backend and precision) against the earlier commit, so that a change of
 weights since then does not hide what the rest of the engine changed.
 
 Usage: python -m benchmarks.cpu_speed [--baseline b50d041] [--repeats 3] [--out bench/cpu_speed] [--weights DIR] [--precision bf16]
+       [--also=--tta]
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="keep phantoms and masks here (default: a temp folder)")
     ap.add_argument("--weights", type=Path, default=None, help="the current engine's weights folder (default: its shipped ones)")
     ap.add_argument("--precision", action="append", default=[], help="also time the current engine with this --precision (repeatable)")
+    ap.add_argument("--also", action="append", default=[], metavar="OPTIONS",
+                    help="also time the current engine with these predict options, e.g. --also=--tta (repeatable)")
     args = ap.parse_args()
 
     import SimpleITK as sitk
@@ -89,9 +92,10 @@ def main() -> None:
     baseline = root / "baseline-code"
     if not baseline.exists():
         subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline], cwd=REPO, check=True, capture_output=True)
-    engines = {args.baseline: baseline, "current": REPO, **{f"current {p}": REPO for p in args.precision}}
+    variants = {**{f"current {p}": ("--precision", p) for p in args.precision}, **{f"current {a}": tuple(a.split()) for a in args.also}}
+    engines = {args.baseline: baseline, "current": REPO, **{v: REPO for v in variants}}
     weights = ("--weights", str(args.weights.resolve())) if args.weights else ()
-    extra = {args.baseline: (), "current": weights, **{f"current {p}": (*weights, "--precision", p) for p in args.precision}}
+    extra = {args.baseline: (), "current": weights, **{v: (*weights, *opts) for v, opts in variants.items()}}
     same = f"current, {args.baseline} weights"  # masks only: the engine's change with the weights held fixed
     extra[same] = ("--weights", str(weights_for_current_engine(baseline, root / "baseline-weights")))
     scans = root / "scans"

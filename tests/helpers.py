@@ -85,7 +85,7 @@ class DieOnce:
     def __init__(self, marker: Path, case: str) -> None:
         self.marker, self.case = str(marker), case
 
-    def __call__(self, model, crop, spacing, upsample, name):
+    def __call__(self, model, crop, spacing, upsample, name, scales):
         import os
         import signal
 
@@ -100,4 +100,4 @@ class DieOnce:
                 os.write(fd, str(os.getpid()).encode())
                 os.close(fd)
                 os.kill(os.getpid(), signal.SIGKILL)
-        return segment_crop_with_fallback(model, crop, spacing, upsample, name)
+        return segment_crop_with_fallback(model, crop, spacing, upsample, name, scales)

@@ -146,9 +146,9 @@ def test_roi_crop_is_pasted_back_in_place(weights, tmp_path):
 
     real_segment = Stages.default().segment_crop
 
-    def spy(model, crop, spacing, upsample, case):
+    def spy(model, crop, spacing, upsample, case, scales):
         seen["shape"] = tuple(crop.shape)
-        return real_segment(model, crop, spacing, upsample, case)
+        return real_segment(model, crop, spacing, upsample, case, scales)
 
     # roi_grow=0: the untrained test model labels voxels on the crop's faces too (growth: the next test)
     results = predict_folder(inp, tmp_path / "out", _opts(weights, margin_mm=4.0, roi_grow=0), Stages(coarse_labels=fake_coarse, segment_crop=spy))
@@ -176,7 +176,7 @@ def test_an_organ_cut_by_the_coarse_box_is_segmented_whole(weights, tmp_path, ca
         coarse[2:4, 4:8, 4:8] = 1  # a corner of it: full-grid box z 8..16, y 16..32, x 16..32
         return coarse
 
-    def by_intensity(model, crop, spacing, upsample, case):  # a fine model that finds the organ wherever it sees it
+    def by_intensity(model, crop, spacing, upsample, case, scales):  # a fine model that finds the organ wherever it sees it
         import torch
 
         return torch.from_numpy((crop > 0).astype(np.uint8))

@@ -7,7 +7,7 @@ scans in ../shared/data/ct, are segmented with ``app.pipeline`` and scored with
 contain (their labels are partial or a model's output), so those numbers are not real-anatomy
 accuracy claims.
 
-    python -m training.evaluate --weights weights --out eval_out [--cases 4] [--anatomy 4] [--seed 424242]
+    python -m training.evaluate --weights weights --out eval_out [--cases 4] [--anatomy 4] [--seed 424242] [--tta]
 
 ``--blocked`` adds the two TotalSegmentator examples as low-resolution copies (blocks of voxels
 averaged and repeated, ``BLOCKED``), scored like the real scans: how a model copes with thumbnails
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.cli import TTA_SCALES
 from app.pipeline import Options, predict_folder
 from evaluation.metrics import ORGANS, score_folder
 from synthetic.label_maps import anatomy_phantom, label_map_files
@@ -97,7 +98,8 @@ def real_scores(masks: Path, opts: Options, folder: Path = SHARED) -> dict:
     return real
 
 
-def checkpoint_rows(coarse: Path, checkpoints: list[Path], out: Path, blocked: Path | None = None) -> list[dict]:
+def checkpoint_rows(coarse: Path, checkpoints: list[Path], out: Path, blocked: Path | None = None,
+                    tta_scales: tuple[float, ...] = (1.0,)) -> list[dict]:
     """Each fine-model folder (a run's checkpoints) with ``coarse`` through the pipeline on the real
     scans: per-scan mean DSC and the mean over every scored organ of all of them, to follow a run;
     with ``blocked`` (a ``blocked_set`` folder) also the mean over every organ of those copies."""
@@ -108,7 +110,7 @@ def checkpoint_rows(coarse: Path, checkpoints: list[Path], out: Path, blocked: P
         weights.mkdir(parents=True)
         (weights / "coarse").symlink_to(coarse.resolve(), target_is_directory=True)
         (weights / "fine").symlink_to(ck.resolve(), target_is_directory=True)
-        opts = Options(weights=weights, device="cpu", precision="fp32", progress=False)
+        opts = Options(weights=weights, device="cpu", precision="fp32", progress=False, tta_scales=tta_scales)
         real = real_scores(out / "masks" / name, opts)
         dsc = {scan: [v["dsc"] for v in organs.values()] for scan, organs in real.items()}
         rows.append({"checkpoint": name, **{scan: float(np.mean(v)) for scan, v in dsc.items()},
@@ -165,18 +167,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--blocked", action="store_true", help="also score low-resolution copies of the TotalSegmentator examples (BLOCKED)")
     ap.add_argument("--checkpoints", type=Path, nargs="+", default=None,
                     help="fine-model folders (e.g. W/checkpoints/fine.seed*.step*) to score on the real scans alone, each with --weights' coarse model")
+    ap.add_argument("--tta", action="store_true", help="test-time scale augmentation in the fine stage (the engine's --tta), also for --checkpoints")
     args = ap.parse_args(argv)
+    scales = TTA_SCALES if args.tta else (1.0,)
     shutil.rmtree(args.out, ignore_errors=True)
     if args.blocked:
         blocked_set(args.out / "blocked", args.seed)
     if args.checkpoints:
-        rows = checkpoint_rows(args.weights / "coarse", args.checkpoints, args.out, args.out / "blocked" if args.blocked else None)
+        rows = checkpoint_rows(args.weights / "coarse", args.checkpoints, args.out, args.out / "blocked" if args.blocked else None, scales)
         (args.out / "checkpoints.json").write_text(json.dumps(rows, indent=1))
         (args.out / "checkpoints.md").write_text(text := checkpoint_markdown(rows))
         print(text, end="")
         return
     # FP32: the weights' own figures, the same on every CPU (the shipped fine model's default is BF16 where a CPU runs it natively)
-    opts = Options(weights=args.weights, device="cpu", precision="fp32", timings=args.out / "timings.jsonl")
+    opts = Options(weights=args.weights, device="cpu", precision="fp32", timings=args.out / "timings.jsonl",
+                   tta_scales=scales)
     result: dict = {}
     if args.cases:
         phantom_set(args.out / "phantoms", args.cases, args.seed)
