@@ -63,7 +63,7 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
                    help="fine stage: the model's setting (default), nnU-Net's overlapping tiles, or one pass over the crop")
     p.add_argument("--tta", dest="tta_scales", action="store_const", const=TTA_SCALES, default=(1.0,),
                    help=f"test-time scale augmentation: the fine model also sees the crop with organs {', '.join(f'{s:g}' for s in TTA_SCALES if s != 1)} "
-                        f"times their size, {len(TTA_SCALES)} passes averaged ({len(TTA_SCALES)}x the fine stage's time)")
+                        f"times their size, {len(TTA_SCALES)} passes averaged (5-6x the fine stage's time on the shipped model)")
     p.add_argument("--upsample", choices=("logits", "labels"), default="logits", help="how fine predictions return to the scan grid")
     p.add_argument("--keep-largest", type=_labels_arg, default=ORGANS, metavar="LABELS",
                    help="labels reduced to their largest connected component: organs (default, 1-13), all, none, or 1,2,3")
