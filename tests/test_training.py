@@ -22,13 +22,21 @@ CPU = Placement("torch", "cpu", "fp32")
 RECIPE = Path(__file__).resolve().parents[1] / "training" / "config.json"
 
 
-def test_a_short_run_of_each_role_writes_loadable_weights(tmp_path):
+def small_recipe(role: str, inplane: float = 4.0, thickness: float = 6.0, phantoms: dict | None = None,
+                 train: dict | None = None) -> tuple[dict, dict]:
+    """The base recipe, its ``role`` drawing 96-voxel phantoms at ``inplane`` x ``thickness`` mm with
+    ``phantoms`` and ``train`` settings on top: a run a test can afford. Returns the recipe and that role's part."""
     recipe = load_recipe(RECIPE)
+    cfg = recipe[role]
+    cfg["phantoms"].update(size=96, inplane=[inplane, inplane], thickness=[thickness, thickness], **(phantoms or {}))
+    cfg["train"].update(train or {})
+    return recipe, cfg
+
+
+def test_a_short_run_of_each_role_writes_loadable_weights(tmp_path):
     for role in ("coarse", "fine"):
-        cfg = recipe[role]
-        cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
-        cfg["train"].update(steps=2, pool=1, batch=1, checkpoint_every=2, refresh_every=1)
-        cfg["train"]["patch_size"] = [16, 32, 32] if role == "fine" else [8, 16, 16]
+        patch = [16, 32, 32] if role == "fine" else [8, 16, 16]
+        recipe, cfg = small_recipe(role, train=dict(steps=2, pool=1, batch=1, checkpoint_every=2, refresh_every=1, patch_size=patch))
         log = train_role(role, cfg, recipe, tmp_path, torch.device("cpu"))
         assert log["steps"] == 2 and log["phantoms_generated"] == 2
         spec = read_spec(tmp_path / role, role)
@@ -43,9 +51,7 @@ def test_real_anatomy_phantoms_feed_the_recipe(tmp_path):
     """``phantoms.label_maps``: the share of training volumes built from real FLARE22 organ maps."""
     from training.train import training_volume
 
-    recipe = load_recipe(RECIPE)
-    cfg = recipe["fine"]
-    cfg["phantoms"].update(size=96, inplane=[2.0, 2.0], thickness=[5.0, 5.0], label_maps=1.0)
+    recipe, cfg = small_recipe("fine", inplane=2.0, thickness=5.0, phantoms=dict(label_maps=1.0))
     image, labels = training_volume([7, 1], "fine", cfg, recipe["intensity"])
     assert set(np.unique(labels.numpy())) >= set(range(1, 14))  # every FLARE organ of a real map, not a drawn one
     assert image.shape == labels.shape and float(image.std()) > 0.1
@@ -56,9 +62,7 @@ def test_mirrored_bodies_swap_sides_and_keep_every_other_draw():
     kept (the liver on the left); the rest, and every draw before it, are the volumes without it."""
     from training.train import training_volume
 
-    recipe = load_recipe(RECIPE)
-    cfg = recipe["fine"]
-    cfg["phantoms"].update(size=96, inplane=[2.0, 2.0], thickness=[5.0, 5.0], label_maps=1.0)
+    recipe, cfg = small_recipe("fine", inplane=2.0, thickness=5.0, phantoms=dict(label_maps=1.0))
     plain = training_volume([7, 1], "fine", cfg, recipe["intensity"])
     cfg["phantoms"]["mirror"] = 1.0
     flipped = training_volume([7, 1], "fine", cfg, recipe["intensity"])
@@ -76,10 +80,7 @@ def test_warm_restart_cycles_resume_to_the_same_tensors(tmp_path):
 
     from safetensors.torch import load_file
 
-    recipe = load_recipe(RECIPE)
-    cfg = recipe["fine"]
-    cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
-    cfg["train"].update(steps=[2, 3], pool=1, batch=1, checkpoint_every=100, refresh_every=1)
+    recipe, cfg = small_recipe("fine", train=dict(steps=[2, 3], pool=1, batch=1, checkpoint_every=100, refresh_every=1))
     cfg["train"]["patch_size"] = [16, 32, 32]
     full = train_role("fine", cfg, recipe, tmp_path / "full", torch.device("cpu"))
     assert full["steps"] == 5 and [c["steps"] for c in full["cycles"]] == [2, 3]
@@ -123,10 +124,7 @@ def test_init_starts_from_a_trained_folder_and_records_it(tmp_path):
 
     from safetensors.torch import load_file
 
-    recipe = load_recipe(RECIPE)
-    cfg = recipe["coarse"]
-    cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
-    cfg["train"].update(steps=1, pool=1, batch=1, checkpoint_every=100, refresh_every=1, patch_size=[8, 16, 16])
+    recipe, cfg = small_recipe("coarse", train=dict(steps=1, pool=1, batch=1, checkpoint_every=100, refresh_every=1, patch_size=[8, 16, 16]))
     train_role("coarse", cfg, recipe, tmp_path / "a", torch.device("cpu"))
     cfg["train"]["lr"] = 0.0
     log = train_role("coarse", cfg, recipe, tmp_path / "b", torch.device("cpu"), init=tmp_path / "a")
@@ -163,10 +161,7 @@ def test_init_from_instance_norm_weights_into_a_stored_statistics_recipe(tmp_pat
     from patches before fine-tuning, are recorded, and the written folder loads in the engine."""
     from app.backend import build_network
 
-    recipe = load_recipe(RECIPE)
-    cfg = recipe["coarse"]
-    cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
-    cfg["train"].update(steps=1, pool=1, batch=1, checkpoint_every=100, refresh_every=1, patch_size=[8, 16, 16])
+    recipe, cfg = small_recipe("coarse", train=dict(steps=1, pool=1, batch=1, checkpoint_every=100, refresh_every=1, patch_size=[8, 16, 16]))
     train_role("coarse", cfg, recipe, tmp_path / "a", torch.device("cpu"))
     cfg["architecture"]["norm"] = "batch"
     cfg["train"].update(lr=0.0, norm_statistics={"volumes": 1, "patches": 2})
@@ -185,9 +180,7 @@ def test_slabs_and_padding_match_what_the_engine_sees():
     from app.sliding_window import pad_to
     from training.train import PatchSampler, training_volume
 
-    recipe = load_recipe(RECIPE)
-    cfg = recipe["coarse"]
-    cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0], slab=[1.0, 36.0, 36.0])
+    recipe, cfg = small_recipe("coarse", phantoms=dict(slab=[1.0, 36.0, 36.0]))
     image, labels = training_volume([3, 0], "coarse", cfg, recipe["intensity"])
     assert image.shape[0] == 6 and labels.shape == image.shape  # 36 mm at the coarse model's 6 mm
     sampler = PatchSampler((16, 8, 8), 0.0, np.random.default_rng(0), pad_value=0.0)
@@ -240,10 +233,7 @@ def test_phantoms_generated_ahead_in_workers_train_the_same_tensors(tmp_path):
     the same order, and every draw of the training process stays where it was (augmentation too)."""
     from safetensors.torch import load_file
 
-    recipe = load_recipe(RECIPE)
-    cfg = recipe["fine"]
-    cfg["phantoms"].update(size=96, inplane=[2.0, 2.0], thickness=[5.0, 5.0], label_maps=0.5)
-    cfg["train"].update(steps=4, pool=2, batch=1, checkpoint_every=100, refresh_every=2, patch_size=[16, 32, 32], augment="nnunet")
+    recipe, cfg = small_recipe("fine", inplane=2.0, thickness=5.0, phantoms=dict(label_maps=0.5), train=dict(steps=4, pool=2, batch=1, checkpoint_every=100, refresh_every=2, patch_size=[16, 32, 32], augment="nnunet"))
     logs = {n: train_role("fine", cfg, recipe, tmp_path / str(n), torch.device("cpu"), workers=n) for n in (0, 2)}
     assert logs[0]["phantoms_generated"] == logs[2]["phantoms_generated"] == 3
     assert [logs[n]["phantom_workers"] for n in (0, 2)] == [0, 2]
@@ -256,10 +246,7 @@ def test_patches_cut_ahead_are_each_phantom_s_own_whoever_cuts_them():
     was drawn before it in the same process (a worker cuts many phantoms in any order)."""
     from training.train import phantom_patches
 
-    recipe = load_recipe(RECIPE)
-    cfg = recipe["fine"]
-    cfg["phantoms"].update(size=96, inplane=[2.0, 2.0], thickness=[5.0, 5.0])
-    cfg["train"].update(patch_size=[16, 32, 32], augment="nnunet", patches_per_phantom=3)
+    recipe, cfg = small_recipe("fine", inplane=2.0, thickness=5.0, train=dict(patch_size=[16, 32, 32], augment="nnunet", patches_per_phantom=3))
     first = phantom_patches(5, "fine", cfg, recipe["intensity"], 1)
     phantom_patches(5, "fine", cfg, recipe["intensity"], 0)
     np.random.seed(123)
@@ -279,11 +266,8 @@ def test_patches_cut_ahead_in_workers_train_the_same_tensors(tmp_path):
     used once, and the weights do not depend on the number of workers that cut them."""
     from safetensors.torch import load_file
 
-    recipe = load_recipe(RECIPE)
-    cfg = recipe["fine"]
-    cfg["phantoms"].update(size=96, inplane=[2.0, 2.0], thickness=[5.0, 5.0], label_maps=0.5)
-    cfg["train"].update(steps=4, batch=2, checkpoint_every=100, patch_size=[16, 32, 32], augment="nnunet",
-                        patches_per_phantom=3, patch_buffer=4)
+    recipe, cfg = small_recipe("fine", inplane=2.0, thickness=5.0, phantoms=dict(label_maps=0.5), train=dict(
+        steps=4, batch=2, checkpoint_every=100, patch_size=[16, 32, 32], augment="nnunet", patches_per_phantom=3, patch_buffer=4))
     logs = {n: train_role("fine", cfg, recipe, tmp_path / str(n), torch.device("cpu"), workers=n) for n in (0, 2)}
     assert logs[0]["phantoms_generated"] == logs[2]["phantoms_generated"] == 4  # 4 in the buffer + 8 drawn = 12 patches
     a, b = (load_file(tmp_path / str(n) / "fine" / "model.safetensors") for n in (0, 2))
@@ -295,10 +279,7 @@ def test_patches_cut_ahead_in_workers_train_the_same_tensors(tmp_path):
 def test_the_recipe_with_nnunet_augmentation_is_repeatable(tmp_path):
     from safetensors.torch import load_file
 
-    recipe = load_recipe(RECIPE)
-    cfg = recipe["coarse"]
-    cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
-    cfg["train"].update(steps=3, pool=1, batch=1, checkpoint_every=100, refresh_every=10, patch_size=[8, 16, 16], augment="nnunet")
+    recipe, cfg = small_recipe("coarse", train=dict(steps=3, pool=1, batch=1, checkpoint_every=100, refresh_every=10, patch_size=[8, 16, 16], augment="nnunet"))
     for run in ("a", "b"):
         train_role("coarse", cfg, recipe, tmp_path / run, torch.device("cpu"))
     a = load_file(tmp_path / "a" / "coarse" / "model.safetensors")
@@ -389,10 +370,7 @@ class TickingClock:
 
 
 def test_minutes_replace_the_step_count_and_are_shared_by_the_cycles(tmp_path):
-    recipe = load_recipe(RECIPE)
-    cfg = recipe["fine"]
-    cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
-    cfg["train"].update(steps=[1000, 3000], pool=1, batch=1, checkpoint_every=10, refresh_every=5)
+    recipe, cfg = small_recipe("fine", train=dict(steps=[1000, 3000], pool=1, batch=1, checkpoint_every=10, refresh_every=5))
     cfg["train"]["patch_size"] = [16, 32, 32]
     log = train_role("fine", cfg, recipe, tmp_path, torch.device("cpu"), minutes=1.0, clock=TickingClock(1.0))
     first, second = (c["steps"] for c in log["cycles"])
@@ -422,10 +400,7 @@ def test_head_fit_trains_the_heads_alone_and_leaves_the_network_as_it_was():
 
 
 def test_a_recipe_with_head_fit_and_warmup_runs_and_records_both(tmp_path):
-    recipe = load_recipe(RECIPE)
-    cfg = recipe["fine"]
-    cfg["phantoms"].update(size=96, inplane=[4.0, 4.0], thickness=[6.0, 6.0])
-    cfg["train"].update(steps=2, pool=1, batch=1, checkpoint_every=100, refresh_every=1, patch_size=[16, 32, 32], head_fit={"steps": 3, "lr": 0.01}, warmup=2)
+    recipe, cfg = small_recipe("fine", train=dict(steps=2, pool=1, batch=1, checkpoint_every=100, refresh_every=1, patch_size=[16, 32, 32], head_fit={"steps": 3, "lr": 0.01}, warmup=2))
     log = train_role("fine", cfg, recipe, tmp_path, torch.device("cpu"))
     cycle = log["cycles"][0]
     assert cycle["head_fit"]["steps"] == 3 and cycle["warmup"] == 2
