@@ -21,8 +21,13 @@ import torch
 Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def nnunet_augmentation(patch: tuple[int, int, int], max_rotation_deg: float = 30.0) -> Augment:
-    """``(image [z, y, x] float, labels [z, y, x] long) -> (image, labels)`` of the same shape."""
+def nnunet_augmentation(patch: tuple[int, int, int], max_rotation_deg: float = 30.0,
+                        p_scaling: float = 0.2, scaling: tuple[float, float] = (0.7, 1.4)) -> Augment:
+    """``(image [z, y, x] float, labels [z, y, x] long) -> (image, labels)`` of the same shape.
+
+    ``p_scaling`` and ``scaling`` are nnU-Net's zoom (probability, factor range; a factor above 1 shows
+    a larger field of view, the organs smaller): the recipe's ``train.augment_scaling`` sets them.
+    """
     from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
     from batchgeneratorsv2.transforms.intensity.contrast import BGContrast, ContrastTransform
     from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
@@ -41,7 +46,7 @@ def nnunet_augmentation(patch: tuple[int, int, int], max_rotation_deg: float = 3
 
     transforms = ComposeTransforms([
         SpatialTransform(patch, patch_center_dist_from_border=0, random_crop=False, p_elastic_deform=0,
-                         p_rotation=0.2, rotation=axial_only, p_scaling=0.2, scaling=(0.7, 1.4),
+                         p_rotation=0.2, rotation=axial_only, p_scaling=p_scaling, scaling=tuple(scaling),
                          p_synchronize_scaling_across_axes=1, border_mode_seg="constant", padding_value_seg=0),
         RandomTransform(GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_channel=1, synchronize_channels=True), apply_probability=0.1),
         RandomTransform(GaussianBlurTransform(blur_sigma=(0.5, 1.0), synchronize_channels=False, synchronize_axes=False,

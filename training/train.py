@@ -169,12 +169,18 @@ def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 def spatial_augmentation(tr: dict, patch: tuple[int, ...]) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
     """nnU-Net's spatial and intensity augmentation (training/augmentation.py) where ``train.augment``
-    asks for it, else None."""
+    asks for it, else None; ``train.augment_scaling`` (``{"p": 0.2, "range": [0.7, 1.4]}``, nnU-Net's
+    values when absent) sets how often and how far it zooms."""
     if tr.get("augment") != "nnunet":
         return None
     from training.augmentation import nnunet_augmentation
 
-    return nnunet_augmentation(patch)  # type: ignore[arg-type]
+    zoom = tr.get("augment_scaling") or {}
+    unknown = set(zoom) - {"p", "range"}
+    if unknown:
+        raise ValueError(f"train.augment_scaling: unknown keys {sorted(unknown)} (known: p, range)")
+    return nnunet_augmentation(patch, p_scaling=float(zoom.get("p", 0.2)),  # type: ignore[arg-type]
+                               scaling=tuple(zoom.get("range", (0.7, 1.4))))
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
