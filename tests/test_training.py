@@ -424,6 +424,29 @@ def test_a_recipe_with_head_fit_and_warmup_runs_and_records_both(tmp_path):
     load_model(read_spec(tmp_path / "fine", "fine"), CPU)
 
 
+def test_evaluate_runs_the_fine_stage_at_the_scales_asked(tmp_path, monkeypatch):
+    """``--scales 1.1`` (one pass at 1.1, how the weights' scale fragility is measured) and ``--tta``
+    reach the engine's options and are recorded; asking for both is refused."""
+    import training.evaluate as ev
+    from app.cli import TTA_SCALES
+
+    seen = []
+
+    def real_scores(masks, opts, folder=None):
+        seen.append(opts.tta_scales)
+        (tmp_path / "out").mkdir(exist_ok=True)
+        (tmp_path / "out" / "timings.jsonl").write_text("")
+        return {}
+
+    monkeypatch.setattr(ev, "real_scores", real_scores)
+    for flags, scales in ((["--scales", "1.1"], (1.1,)), (["--tta"], TTA_SCALES), ([], (1.0,))):
+        ev.main(["--out", str(tmp_path / "out"), "--cases", "0", "--anatomy", "0", *flags])
+        assert seen[-1] == scales
+        assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["fine_scales"] == list(scales)
+    with pytest.raises(SystemExit):
+        ev.main(["--out", str(tmp_path / "out"), "--tta", "--scales", "1.1"])
+
+
 def test_evaluate_scores_each_checkpoint_as_the_fine_model(tmp_path, capsys):
     """``--checkpoints``: every folder is scored as the fine model beside --weights' coarse model (a
     random fine network scores far below the shipped one: the checkpoint, not weights/fine, ran)."""

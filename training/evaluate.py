@@ -7,7 +7,7 @@ scans in ../shared/data/ct, are segmented with ``app.pipeline`` and scored with
 contain (their labels are partial or a model's output), so those numbers are not real-anatomy
 accuracy claims.
 
-    python -m training.evaluate --weights weights --out eval_out [--cases 4] [--anatomy 4] [--seed 424242] [--tta]
+    python -m training.evaluate --weights weights --out eval_out [--cases 4] [--anatomy 4] [--seed 424242] [--tta | --scales S...]
 
 ``--blocked`` adds the two TotalSegmentator examples as low-resolution copies (blocks of voxels
 averaged and repeated, ``BLOCKED``), scored like the real scans: how a model copes with thumbnails
@@ -167,9 +167,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--blocked", action="store_true", help="also score low-resolution copies of the TotalSegmentator examples (BLOCKED)")
     ap.add_argument("--checkpoints", type=Path, nargs="+", default=None,
                     help="fine-model folders (e.g. W/checkpoints/fine.seed*.step*) to score on the real scans alone, each with --weights' coarse model")
-    ap.add_argument("--tta", action="store_true", help="test-time scale augmentation in the fine stage (the engine's --tta), also for --checkpoints")
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument("--tta", action="store_true", help="test-time scale augmentation in the fine stage (the engine's --tta), also for --checkpoints")
+    how.add_argument("--scales", type=float, nargs="+", default=None, metavar="S",
+                     help="the fine stage's passes read each crop at S times its spacing, their probabilities averaged "
+                          "(--scales 1.1: one pass at 1.1; how far the weights hold when organs look a tenth smaller)")
     args = ap.parse_args(argv)
-    scales = TTA_SCALES if args.tta else (1.0,)
+    scales = tuple(args.scales) if args.scales else TTA_SCALES if args.tta else (1.0,)
     shutil.rmtree(args.out, ignore_errors=True)
     if args.blocked:
         blocked_set(args.out / "blocked", args.seed)
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     # FP32: the weights' own figures, the same on every CPU (the shipped fine model's default is BF16 where a CPU runs it natively)
     opts = Options(weights=args.weights, device="cpu", precision="fp32", timings=args.out / "timings.jsonl",
                    tta_scales=scales)
-    result: dict = {}
+    result: dict = {"fine_scales": list(scales)}
     if args.cases:
         phantom_set(args.out / "phantoms", args.cases, args.seed)
         result["phantoms"] = scored_set(args.out / "phantoms", args.out / "phantom_masks", opts)
