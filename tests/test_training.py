@@ -424,6 +424,17 @@ def test_a_recipe_with_head_fit_and_warmup_runs_and_records_both(tmp_path):
     load_model(read_spec(tmp_path / "fine", "fine"), CPU)
 
 
+def test_checkpoint_rows_are_named_apart_or_refused():
+    """Two weights folders' fine models are rows ``w7.fine`` and ``w8.fine`` (both were ``fine``, and
+    the second crashed on the first one's folder after it had been scored); a true clash is refused."""
+    from training.evaluate import checkpoint_names
+
+    assert checkpoint_names([Path("/r/run/checkpoints/fine.seed1.step100"), Path("/t/w7/fine"), Path("/t/w8/fine"), Path("/t/avg")]) == [
+        "run.fine.seed1.step100", "w7.fine", "w8.fine", "avg"]
+    with pytest.raises(ValueError, match="w7.fine"):
+        checkpoint_names([Path("/a/w7/fine"), Path("/b/w7/fine")])
+
+
 def test_evaluate_runs_the_fine_stage_at_the_scales_asked(tmp_path, monkeypatch):
     """``--scales 1.1`` (one pass at 1.1, how the weights' scale fragility is measured) and ``--tta``
     reach the engine's options and are recorded; asking for both is refused."""

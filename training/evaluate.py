@@ -98,14 +98,25 @@ def real_scores(masks: Path, opts: Options, folder: Path = SHARED) -> dict:
     return real
 
 
+def checkpoint_names(checkpoints: list[Path]) -> list[str]:
+    """A row name per fine-model folder: ``RUN.fine.seedS.stepN`` under a run's ``checkpoints``,
+    ``W.fine`` for a weights folder's fine model, else the folder's name; two folders with one name
+    are refused before anything runs, as their masks would share a folder."""
+    names = [f"{ck.parent.parent.name}.{ck.name}" if ck.parent.name == "checkpoints"
+             else f"{ck.parent.name}.{ck.name}" if ck.name == "fine" else ck.name for ck in checkpoints]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"--checkpoints: several folders would be named {', '.join(twice)}; rename or link them apart")
+    return names
+
+
 def checkpoint_rows(coarse: Path, checkpoints: list[Path], out: Path, blocked: Path | None = None,
                     tta_scales: tuple[float, ...] = (1.0,)) -> list[dict]:
     """Each fine-model folder (a run's checkpoints) with ``coarse`` through the pipeline on the real
     scans: per-scan mean DSC and the mean over every scored organ of all of them, to follow a run;
     with ``blocked`` (a ``blocked_set`` folder) also the mean over every organ of those copies."""
     rows = []
-    for ck in checkpoints:
-        name = f"{ck.parent.parent.name}.{ck.name}" if ck.parent.name == "checkpoints" else ck.name
+    for ck, name in zip(checkpoints, checkpoint_names(checkpoints)):
         weights = out / "weights" / name
         weights.mkdir(parents=True)
         (weights / "coarse").symlink_to(coarse.resolve(), target_is_directory=True)
