@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     how.add_argument("--tta", action="store_true", help="test-time scale augmentation in the fine stage (the engine's --tta), also for --checkpoints")
     how.add_argument("--scales", type=float, nargs="+", default=None, metavar="S",
                      help="the fine stage's passes read each crop at S times its spacing, their probabilities averaged "
-                          "(--scales 1.1: one pass at 1.1; how far the weights hold when organs look a tenth smaller)")
+                          "(--scales 1.1: one pass at 1.1; how far the weights hold when organs look a tenth larger)")
     args = ap.parse_args(argv)
     scales = tuple(args.scales) if args.scales else TTA_SCALES if args.tta else (1.0,)
     shutil.rmtree(args.out, ignore_errors=True)
