@@ -425,8 +425,9 @@ def test_a_recipe_with_head_fit_and_warmup_runs_and_records_both(tmp_path):
 
 
 def test_checkpoint_rows_are_named_apart_or_refused():
-    """Two weights folders' fine models are rows ``w7.fine`` and ``w8.fine`` (both were ``fine``, and
-    the second crashed on the first one's folder after it had been scored); a true clash is refused."""
+    """Two weights folders' fine models are rows ``w7.fine`` and ``w8.fine`` (by the folder's name alone
+    both would be ``fine``, and the second's masks would land in the first's folder); a true clash is
+    refused before anything runs."""
     from training.evaluate import checkpoint_names
 
     assert checkpoint_names([Path("/r/run/checkpoints/fine.seed1.step100"), Path("/t/w7/fine"), Path("/t/w8/fine"), Path("/t/avg")]) == [
