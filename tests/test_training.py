@@ -438,7 +438,7 @@ def test_checkpoint_rows_are_named_apart_or_refused():
 
 def test_evaluate_runs_the_fine_stage_at_the_scales_asked(tmp_path, monkeypatch):
     """``--scales 1.1`` (one pass at 1.1, how the weights' scale fragility is measured) and ``--tta``
-    reach the engine's options and are recorded; asking for both is refused."""
+    reach the engine's options, for --checkpoints too, and are recorded; asking for both is refused."""
     import training.evaluate as ev
     from app.cli import TTA_SCALES
 
@@ -448,13 +448,17 @@ def test_evaluate_runs_the_fine_stage_at_the_scales_asked(tmp_path, monkeypatch)
         seen.append(opts.tta_scales)
         (tmp_path / "out").mkdir(exist_ok=True)
         (tmp_path / "out" / "timings.jsonl").write_text("")
-        return {}
+        return {"TS_example_sm.nii.gz": {"Liver": {"dsc": 0.9, "nsd": 0.8}}}
 
     monkeypatch.setattr(ev, "real_scores", real_scores)
     for flags, scales in ((["--scales", "1.1"], (1.1,)), (["--tta"], TTA_SCALES), ([], (1.0,))):
         ev.main(["--out", str(tmp_path / "out"), "--cases", "0", "--anatomy", "0", *flags])
         assert seen[-1] == scales
         assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["fine_scales"] == list(scales)
+    (tmp_path / "ck" / "fine").mkdir(parents=True)
+    ev.main(["--out", str(tmp_path / "out"), "--checkpoints", str(tmp_path / "ck" / "fine"), "--scales", "0.9", "1.1"])
+    assert seen[-1] == (0.9, 1.1)
+    assert json.loads((tmp_path / "out" / "checkpoints.json").read_text())[0]["fine_scales"] == [0.9, 1.1]
     with pytest.raises(SystemExit):
         ev.main(["--out", str(tmp_path / "out"), "--tta", "--scales", "1.1"])
 

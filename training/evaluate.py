@@ -124,7 +124,7 @@ def checkpoint_rows(coarse: Path, checkpoints: list[Path], out: Path, blocked: P
         opts = Options(weights=weights, device="cpu", precision="fp32", progress=False, tta_scales=tta_scales)
         real = real_scores(out / "masks" / name, opts)
         dsc = {scan: [v["dsc"] for v in organs.values()] for scan, organs in real.items()}
-        rows.append({"checkpoint": name, **{scan: float(np.mean(v)) for scan, v in dsc.items()},
+        rows.append({"checkpoint": name, "fine_scales": list(tta_scales), **{scan: float(np.mean(v)) for scan, v in dsc.items()},
                      "organs": sum(len(v) for v in dsc.values()), "organ_mean": float(np.mean([d for v in dsc.values() for d in v]))})
         if blocked is not None:
             copies = [v["dsc"] for organs in real_scores(out / "blocked_masks" / name, opts, blocked).values() for v in organs.values()]
