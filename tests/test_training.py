@@ -279,7 +279,7 @@ def test_patches_cut_ahead_in_workers_train_the_same_tensors(tmp_path):
 def test_the_recipe_sets_how_often_and_how_far_the_augmentation_zooms():
     """``train.augment_scaling`` reaches nnU-Net's zoom: at p 1 and a factor of 2 every patch shows its
     organ an eighth of the size (2 per axis, z too); nnU-Net's p of 0.2 would leave most as they
-    were. A misspelt key is refused rather than silently training with the defaults."""
+    were. A misspelt key is refused at the start rather than silently training with the defaults."""
     from training.train import spatial_augmentation
 
     labels = torch.zeros(8, 32, 32, dtype=torch.long)
@@ -289,8 +289,9 @@ def test_the_recipe_sets_how_often_and_how_far_the_augmentation_zooms():
     zoomed = spatial_augmentation({"augment": "nnunet", "augment_scaling": {"p": 1, "range": [2, 2]}}, (8, 32, 32))
     sizes = [int((zoomed(torch.randn(8, 32, 32), labels)[1] == 3).sum()) for _ in range(10)]
     assert all(abs(n - int((labels == 3).sum()) / 8) <= 20 for n in sizes), sizes
+    recipe, _ = small_recipe("fine", train=dict(augment="nnunet", augment_scaling={"probability": 0.5}))
     with pytest.raises(ValueError, match="probability"):
-        spatial_augmentation({"augment": "nnunet", "augment_scaling": {"probability": 0.5}}, (8, 32, 32))
+        check_recipe(recipe)  # before any phantom is made
 
 
 def test_the_recipe_with_nnunet_augmentation_is_repeatable(tmp_path):

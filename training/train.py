@@ -52,6 +52,7 @@ BINARY_NAMES = {"0": "background", "1": "foreground"}  # a coarse model only has
 
 # What a role's "phantoms" may hold; training_volume reads these and no other.
 PHANTOM_KEYS = frozenset({"fovs", "inplane", "thickness", "size", "label_maps", "slab", "roi_margin_mm", "mirror", *ANATOMY_OPTIONS})
+AUGMENT_SCALING = {"p": "p_scaling", "range": "scaling"}  # train.augment_scaling's keys -> nnunet_augmentation's arguments
 
 
 def check_recipe(recipe: dict) -> None:
@@ -64,6 +65,9 @@ def check_recipe(recipe: dict) -> None:
         tr = recipe[role]["train"]
         if tr.get("patches_per_phantom") and not int(tr.get("patch_buffer", 0)) >= int(tr["batch"]):
             raise ValueError(f"{role}.train: patches_per_phantom needs a patch_buffer of at least the batch ({tr['batch']}), not {tr.get('patch_buffer')}")
+        unknown = set(tr.get("augment_scaling") or {}) - set(AUGMENT_SCALING)
+        if unknown:
+            raise ValueError(f"{role}.train.augment_scaling: unknown setting(s) {sorted(unknown)}; known: {sorted(AUGMENT_SCALING)}")
 
 
 def label_names(cfg: dict) -> dict[str, str]:
@@ -169,18 +173,14 @@ def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 def spatial_augmentation(tr: dict, patch: tuple[int, ...]) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
     """nnU-Net's spatial and intensity augmentation (training/augmentation.py) where ``train.augment``
-    asks for it, else None; ``train.augment_scaling`` (``{"p": 0.2, "range": [0.7, 1.4]}``, nnU-Net's
-    values when absent) sets how often and how far it zooms."""
+    asks for it, else None; ``train.augment_scaling`` (``{"p": P, "range": [LO, HI]}``; nnU-Net's values,
+    ``nnunet_augmentation``'s defaults, where absent) sets how often and how far it zooms."""
     if tr.get("augment") != "nnunet":
         return None
     from training.augmentation import nnunet_augmentation
 
-    zoom = tr.get("augment_scaling") or {}
-    unknown = set(zoom) - {"p", "range"}
-    if unknown:
-        raise ValueError(f"train.augment_scaling: unknown keys {sorted(unknown)} (known: p, range)")
-    return nnunet_augmentation(patch, p_scaling=float(zoom.get("p", 0.2)),  # type: ignore[arg-type]
-                               scaling=tuple(zoom.get("range", (0.7, 1.4))))
+    zoom = {AUGMENT_SCALING[k]: v for k, v in (tr.get("augment_scaling") or {}).items()}  # check_recipe refused other keys
+    return nnunet_augmentation(patch, **zoom)  # type: ignore[arg-type]
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
