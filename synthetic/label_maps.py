@@ -32,6 +32,12 @@ TISSUE_OF = {1: "liver", 2: "kidney", 3: "spleen", 4: "pancreas", 5: "aorta", 6:
              9: "gallbladder", 10: "esophagus", 11: "stomach_wall", 12: "duodenum_wall", 13: "kidney"}
 
 
+def anatomy_chances(phantoms: dict) -> dict[str, float]:
+    """The chance a recipe's ``phantoms`` section gives each of ``ANATOMY_OPTIONS`` (0 where absent),
+    as ``anatomy_phantom``'s keyword arguments."""
+    return {name: float(phantoms.get(name, 0.0)) for name in ANATOMY_OPTIONS}
+
+
 def label_map_files(folder: Path = LABEL_MAPS, held_out: bool = False) -> list[Path]:
     """The label maps for training (``held_out=False``) or the ten held out; fails loudly when absent."""
     files = sorted(folder.glob("FLARE22_Tr_*.nii.gz"))
@@ -236,9 +242,7 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
 def _texture_over(cv: _Canvas, mask: np.ndarray, amplitude: float, **waves: object) -> tuple[tuple[slice, ...], np.ndarray]:
     """The canvas's smooth texture (``_Canvas.texture``, ``waves`` its wave settings) over the
     bounding box of ``mask`` only (a full-volume field per organ would cost seconds)."""
-    idx = np.argwhere(mask)
-    sl = tuple(slice(int(a), int(b) + 1) for a, b in zip(idx.min(0), idx.max(0)))
-    coords = [cv.axes[a][sl[a]].reshape([-1 if i == a else 1 for i in range(3)]) for a in range(3)]
+    sl, coords = cv.box(mask)
     return sl, cv.texture(coords, amplitude, **waves)  # type: ignore[arg-type]
 
 

@@ -248,10 +248,7 @@ def soft_tissue_clutter(cv: _Canvas, labels: np.ndarray, rng: np.random.Generato
         candidate &= ~within(own_fat, FAT_PAD_MM)
     if candidate.sum() < 100:
         return
-    idx = np.argwhere(candidate)
-    lo, hi = idx.min(0), idx.max(0) + 1
-    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    coords = [cv.axes[a][sl[a]].reshape([-1 if i == a else 1 for i in range(3)]) for a in range(3)]
+    sl, coords = cv.box(candidate)
     with lent_stream(cv, rng):
         parcels = cv.texture(coords, 1.0, waves=8, wavelength=(8.0, 30.0))
         shade = cv.texture(coords, 1.0, waves=4, wavelength=(15.0, 50.0))

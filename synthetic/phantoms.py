@@ -70,6 +70,13 @@ class _Canvas:
             coords.append(ax[i0:i1].reshape(shape))
         return tuple(sl), coords
 
+    def box(self, mask: np.ndarray) -> tuple[tuple[slice, ...], list[np.ndarray]]:
+        """Index slices of ``mask``'s bounding box and its broadcastable mm coordinates (z, y, x):
+        fields drawn over an organ or a region need only that box, not the whole volume."""
+        idx = np.argwhere(mask)
+        sl = tuple(slice(int(a), int(b) + 1) for a, b in zip(idx.min(0), idx.max(0)))
+        return sl, [self.axes[a][sl[a]].reshape([-1 if i == a else 1 for i in range(3)]) for a in range(3)]
+
     def texture(self, coords: list[np.ndarray], amplitude: float, waves: int = 4, wavelength: tuple[float, float] = (15.0, 60.0)) -> np.ndarray:
         """Smooth random field (sum of plane waves, wavelengths in mm) over a window."""
         out = np.zeros(np.broadcast_shapes(*[c.shape for c in coords]), np.float32)

@@ -23,10 +23,10 @@ import numpy as np
 
 from app.labels import FLARE_LABELS
 from app.nifti import read_scan
-from synthetic.label_maps import ANATOMY_OPTIONS, anatomy_phantom, label_map_files
+from synthetic.label_maps import anatomy_chances, anatomy_phantom, label_map_files
+from training.evaluate import SHARED
 from training.recipe import load_recipe
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 SOFT_HU = (-30.0, 200.0)
 
 
@@ -61,14 +61,13 @@ def recipe_phantoms(recipe: Path, count: int, seed: int = 7) -> list[dict[int, f
     """``soft_tissue_around`` on the 3 mm grid for ``count`` real-anatomy phantoms drawn with the
     fine recipe's options and spacings from the training maps (seeds ``[seed, i]``)."""
     cfg = load_recipe(recipe)["fine"]["phantoms"]
-    chances = {name: float(cfg.get(name, 0.0)) for name in ANATOMY_OPTIONS}
     maps = label_map_files()
     out = []
     for i in range(count):
         rng = np.random.default_rng([seed, i])
         path = maps[int(rng.integers(len(maps)))]
         ph = anatomy_phantom(path, [seed, i], inplane=float(rng.uniform(*cfg["inplane"])),
-                             thickness=float(rng.uniform(*cfg["thickness"])), **chances)
+                             thickness=float(rng.uniform(*cfg["thickness"])), **anatomy_chances(cfg))
         out.append(soft_tissue_around(*on_grid(ph.image, ph.labels, ph.spacing), (3.0, 3.0, 3.0)))
     return out
 

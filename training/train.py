@@ -41,7 +41,7 @@ from app.convert.tensors import save_model
 from app.model import normalized
 from app.resample import resize_image, resize_labels
 from app.unet import UNet3D, UNetConfig, count_macs, count_parameters
-from synthetic.label_maps import ANATOMY_OPTIONS, anatomy_phantom, label_map_files
+from synthetic.label_maps import ANATOMY_OPTIONS, anatomy_chances, anatomy_phantom, label_map_files
 from synthetic.phantoms import generate
 from training.prefetch import Prefetch
 from training.recipe import load_recipe
@@ -87,8 +87,7 @@ def training_volume(seed: list[int], role: str, cfg: dict, intensity: dict) -> t
     share = float(ph_cfg.get("label_maps", 0.0))  # real FLARE22 anatomy in a synthetic body, this share of the time
     if share and rng.random() < share:
         maps = label_map_files()  # the ten held-out maps never appear here
-        chances = {name: float(ph_cfg.get(name, 0.0)) for name in ANATOMY_OPTIONS}
-        ph = anatomy_phantom(maps[int(rng.integers(len(maps)))], seed, inplane=spacing[0], thickness=spacing[1], **chances)
+        ph = anatomy_phantom(maps[int(rng.integers(len(maps)))], seed, inplane=spacing[0], thickness=spacing[1], **anatomy_chances(ph_cfg))
     else:
         ph = generate(seed, fov=fov, spacing=spacing, size=ph_cfg["size"])
     image, labels = torch.from_numpy(ph.image), torch.from_numpy(ph.labels)
