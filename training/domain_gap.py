@@ -31,6 +31,7 @@ from training.evaluate import SHARED
 from training.recipe import load_recipe
 
 SOFT_HU = (-30.0, 200.0)
+BAND_MM = (4.5, 9.5)  # how far outside an organ its surroundings are read
 # gas; gas mixed with stool or tissue (and partial volume); fat; soft tissue; bone or contrast
 MIX_HU = {"gas": (-np.inf, -400.0), "mixed": (-400.0, -150.0), "fat": (-150.0, -30.0), "soft": (-30.0, 200.0), "dense": (200.0, np.inf)}
 
@@ -57,7 +58,7 @@ def _bands(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, float, f
 
 
 def soft_tissue_around(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, float, float],
-                       band_mm: tuple[float, float] = (4.5, 9.5)) -> dict[int, float]:
+                       band_mm: tuple[float, float] = BAND_MM) -> dict[int, float]:
     """Per organ present: the share of soft tissue among the unlabelled body voxels ``band_mm``
     outside it (pure; organs with fewer than five such voxels left out)."""
     unlabelled_body = (labels == 0) & (image > -500)
@@ -75,7 +76,7 @@ def body_mask(image: np.ndarray) -> np.ndarray:
 
 
 def tissue_mix_around(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, float, float],
-                      band_mm: tuple[float, float] = (4.5, 9.5)) -> dict[int, dict[str, float]]:
+                      band_mm: tuple[float, float] = BAND_MM) -> dict[int, dict[str, float]]:
     """Per organ present: the shares of ``MIX_HU``'s classes among the unlabelled voxels of the body
     (``body_mask``, so bowel gas counts) ``band_mm`` outside it (pure; fewer than five left out).
     Why: soft tissue is one class; what a network may take for an organ's neighbour (gas, stool,
@@ -106,7 +107,7 @@ def _organs() -> list[tuple[int, str]]:
 
 
 def _print_soft(real: dict, drawn: dict, count: int) -> None:
-    print(f"soft tissue ({SOFT_HU[0]:.0f}..{SOFT_HU[1]:.0f} HU) among unlabelled body voxels 4.5-9.5 mm outside each organ, 3 mm grid;"
+    print(f"soft tissue ({SOFT_HU[0]:.0f}..{SOFT_HU[1]:.0f} HU) among unlabelled body voxels {BAND_MM[0]}-{BAND_MM[1]} mm outside each organ, 3 mm grid;"
           f" phantoms: {count} per recipe, p10 / median / p90")
     print(f"{'organ':<24}" + "".join(f"{case:>16}" for case in real) + "".join(f"{name:>36}" for name in drawn))
     for organ, name in _organs():
@@ -119,7 +120,7 @@ def _print_soft(real: dict, drawn: dict, count: int) -> None:
 
 def _print_mix(real: dict, drawn: dict, count: int) -> None:
     classes = " / ".join(f"{k} {lo:.0f}..{hi:.0f}" for k, (lo, hi) in MIX_HU.items())
-    print(f"shares of {classes} HU among unlabelled voxels of the body 4.5-9.5 mm outside each organ,"
+    print(f"shares of {classes} HU among unlabelled voxels of the body {BAND_MM[0]}-{BAND_MM[1]} mm outside each organ,"
           f" 3 mm grid; phantoms: median of {count} per recipe")
     print(f"{'organ':<24}" + "".join(f"{name:>32}" for name in [*real, *drawn]))
     for organ, name in _organs():
