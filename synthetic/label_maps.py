@@ -20,14 +20,15 @@ import numpy as np
 from .phantoms import FAT_PAD_MM, ORIENTATIONS, SPINE_Y, Arms, Back, Phantom, _body, _Canvas, abdominal_bowel, lent_stream
 from .randomise import PHASES, archive_copy, free_contrast, scanner, slice_profile, smooth_field, soften, tissue_values
 from .mimics import crura as draw_crura
-from .mimics import gastric_colon, jejunal_loops, soft_tissue_clutter
+from .mimics import ADRENAL_FAT_MM, gastric_colon, jejunal_loops, soft_tissue_clutter
 from .vessels import abdominal_vessels
 
 LABEL_MAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "labels_only" / "flare22"
 # Never used for training: phantoms built from these report accuracy on real anatomy never seen.
 HOLD_OUT = tuple(f"FLARE22_Tr_{i:04d}.nii.gz" for i in (5, 10, 15, 20, 25, 30, 35, 40, 45, 50))
 # The optional parts of ``anatomy_phantom``, each a chance (a training config's phantom keys).
-ANATOMY_OPTIONS = ("arms", "muscles", "bowel", "vessels", "free_hu", "lowres", "crura", "jejunum", "colon", "enlarge", "fatty", "archive", "clutter")
+ANATOMY_OPTIONS = ("arms", "muscles", "bowel", "vessels", "free_hu", "lowres", "crura", "jejunum", "colon", "enlarge", "fatty", "archive", "clutter",
+                   "adrenal_fat")
 TISSUE_OF = {1: "liver", 2: "kidney", 3: "spleen", 4: "pancreas", 5: "aorta", 6: "ivc", 7: "adrenal", 8: "adrenal",
              9: "gallbladder", 10: "esophagus", 11: "stomach_wall", 12: "duodenum_wall", 13: "kidney"}
 
@@ -134,7 +135,7 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
                     lesions: bool = True, deform: bool = True, arms: float = 0.0, muscles: float = 0.0,
                     bowel: float = 0.0, vessels: float = 0.0, free_hu: float = 0.0, lowres: float = 0.0,
                     crura: float = 0.0, jejunum: float = 0.0, colon: float = 0.0, enlarge: float = 0.0,
-                    fatty: float = 0.0, archive: float = 0.0, clutter: float = 0.0) -> Phantom:
+                    fatty: float = 0.0, archive: float = 0.0, clutter: float = 0.0, adrenal_fat: float = 0.0) -> Phantom:
     """A randomised CT phantom around the real label map at ``path`` (labels: that map, warped).
 
     ``arms``: the chance of arms down beside the trunk (real scans often have them in the field of
@@ -154,7 +155,9 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     ``archive``: the chance that the scan comes as a low-resolution copy brought back to its grid,
     blocks of 5-30 mm along z and 1.5-4 mm in-plane (``randomise.archive_copy``);
     ``clutter``: the chance of soft-tissue parcels in the fat near the organs
-    (``mimics.soft_tissue_clutter``), as a real abdomen packs bowel, mesentery and muscle around them.
+    (``mimics.soft_tissue_clutter``), as a real abdomen packs bowel, mesentery and muscle around them;
+    ``adrenal_fat``: the chance that the clutter leaves the adrenals 10-20 mm (``ADRENAL_FAT_MM``)
+    of clean fat, the perirenal space, instead of the kidneys' narrow pad.
     Each is drawn from a stream of its own, so the rest of the phantom does not depend on it.
     """
     rng = np.random.default_rng(seed)
@@ -162,7 +165,7 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
         _own_stream(seed, tag) for tag in (0xA125, 0xBAC4, 0xB0E1, 0x7E55, 0xF4EE, 0x50F7))
     crura_rng, jejunum_rng, colon_rng = _own_stream(seed, 0xC4A0), _own_stream(seed, 0x1E1E), _own_stream(seed, 0xC010)
     enlarge_rng, fatty_rng, archive_rng = _own_stream(seed, 0xE1A6), _own_stream(seed, 0xFA77), _own_stream(seed, 0xA4C1)
-    clutter_rng = _own_stream(seed, 0xC1C7)
+    clutter_rng, adrenal_rng = _own_stream(seed, 0xC1C7), _own_stream(seed, 0xADF7)
     labels, spacing = read_label_map(path)
     present = np.flatnonzero(labels.any(axis=(1, 2)))  # slices holding an organ
     pad = int(rng.uniform(10, 60) / spacing[0])  # some scans reach far below the organs: keep the abdomen
@@ -219,7 +222,9 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     if colon_rng.random() < colon:
         gastric_colon(cv, labels, hu["duodenum_wall"], colon_rng)
     if clutter_rng.random() < clutter:  # after the look-alikes, which take fat only
-        soft_tissue_clutter(cv, labels, clutter_rng)
+        wide = adrenal_rng.random() < adrenal_fat
+        pad = float(adrenal_rng.uniform(*ADRENAL_FAT_MM)) if wide else FAT_PAD_MM
+        soft_tissue_clutter(cv, labels, clutter_rng, adrenal_pad_mm=pad)
     if vessel_rng.random() < vessels:
         abdominal_vessels(cv, labels, phase, hu["aorta"], vessel_rng)
     if lesions:

@@ -387,3 +387,22 @@ def test_vessels_skip_what_a_map_lacks():
     before = cv.image.copy()
     abdominal_vessels(cv, labels, 2, 160.0, np.random.default_rng(1))
     assert np.array_equal(cv.image[labels > 0], before[labels > 0])  # no organ painted
+
+
+def test_adrenal_fat_keeps_the_clutter_out_of_the_adrenals_surroundings(phantom):
+    """``adrenal_fat`` with ``clutter``: no parcel within 10 mm of an adrenal (the perirenal space),
+    where the narrow pad alone lets parcels reach within 4 mm; elsewhere the clutter is the same draw,
+    and the labels are the same."""
+    from scipy import ndimage
+
+    path = LABEL_MAPS / "FLARE22_Tr_0001.nii.gz"
+    narrow = anatomy_phantom(path, seed=[5, 0], inplane=1.6, thickness=2.5, clutter=1.0)
+    wide = anatomy_phantom(path, seed=[5, 0], inplane=1.6, thickness=2.5, clutter=1.0, adrenal_fat=1.0)
+    assert np.array_equal(wide.labels, phantom.labels)
+    to_adrenal = ndimage.distance_transform_edt(~np.isin(phantom.labels, (7, 8)), sampling=phantom.spacing)
+    painted = {k: np.abs(ph.image.astype(int) - phantom.image) > 30 for k, ph in (("narrow", narrow), ("wide", wide))}
+    band = (to_adrenal > 6) & (to_adrenal <= 10)  # outside the narrow pad and its 2 mm grid, inside the wide one
+    assert painted["narrow"][band].sum() > 200, painted["narrow"][band].sum()
+    assert painted["wide"][band].sum() < 0.02 * painted["narrow"][band].sum(), painted["wide"][band].sum()
+    far = to_adrenal > 30
+    assert (painted["wide"][far] == painted["narrow"][far]).mean() > 0.99  # the same parcels away from the adrenals
