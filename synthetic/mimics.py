@@ -226,10 +226,11 @@ def soft_tissue_clutter(cv: _Canvas, labels: np.ndarray, rng: np.random.Generato
     smoothly (SD 30 HU) about a level drawn from 0-60 HU: collapsed bowel, mesentery, muscle, an
     enhancing wall, some parcels left near fat. The kidneys and adrenals keep a fat pad of
     ``FAT_PAD_MM``: real ones lie in their own fat. ``adrenal_pad_mm`` wider than that keeps the
-    adrenals that much clean fat: the perirenal space, which bowel and mesentery do not enter. With
-    the narrow pad, an adrenal lying free in the fat (held-out map ``FLARE22_Tr_0045``'s right one,
-    a median 9 mm from any other organ) is what the parcels look like, and networks trained with them
-    labelled it background (model card, "the clutter recipe measured in full").
+    adrenals that much clean fat: the perirenal space, which bowel and mesentery do not enter.
+    Networks trained with the clutter label a right adrenal lying free in the fat background
+    (held-out map ``FLARE22_Tr_0045``'s, a median 9 mm from any other organ, farther than in any
+    training map), with the narrow pad or the wide one (model card, "the clutter recipe measured in
+    full").
 
     Why: on the real scan with the fullest reference here (``python -m training.domain_gap``),
     34-62 % of the unlabelled body 4.5-9.5 mm outside the liver, spleen, pancreas, aorta, IVC,
