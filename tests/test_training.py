@@ -484,3 +484,47 @@ def test_evaluate_scores_each_checkpoint_as_the_fine_model(tmp_path, capsys):
     assert shipped["organs"] == 20 and shipped["TS_example_sm.nii.gz"] > 0.6
     assert random["organ_mean"] < shipped["organ_mean"] - 0.3
     assert "| run.fine.seed1.step100 |" in capsys.readouterr().out
+
+
+def test_lowest_organ_finds_the_one_organ_a_mean_hides():
+    """Ten cases at 0.93 with one organ of one case at 0.04: the mean stays high, the lowest says where."""
+    from types import SimpleNamespace
+
+    from evaluation.metrics import ORGANS
+    from training.evaluate import lowest_organ
+
+    cases = [SimpleNamespace(name=f"c{i}.nii.gz", error=None, dsc={o: 0.93 for o in ORGANS}) for i in range(10)]
+    cases[8].dsc["RAG"] = 0.04
+    cases[3].dsc["LAG"] = float("nan")  # an organ neither mask has
+    cases.append(SimpleNamespace(name="broken.nii.gz", error="unreadable", dsc={o: 0.0 for o in ORGANS}))
+    assert lowest_organ(cases) == {"case": "c8.nii.gz", "organ": "RAG", "dsc": 0.04}
+
+
+def test_checkpoints_with_anatomy_are_scored_on_the_held_out_maps_too(tmp_path, monkeypatch):
+    """``--checkpoints ... --anatomy N``: each folder also on the phantoms around N held-out maps,
+    once generated; the table gains their organ mean and lowest organ. Without --anatomy, none."""
+    import training.evaluate as ev
+
+    made, scored = [], []
+    monkeypatch.setattr(ev, "real_scores", lambda masks, opts, folder=None: {"TS_example_sm.nii.gz": {"Liver": {"dsc": 0.9, "nsd": 0.8}}})
+    monkeypatch.setattr(ev, "anatomy_set", lambda out, n, seed: made.append((out, n)))
+
+    def scored_set(folder, masks, opts):
+        scored.append((folder, masks.name, opts.weights.name))
+        return {"organ_mean": {"dsc": 0.93, "nsd": 0.96}, "per_case": {f"c{i}": 0.93 for i in range(3)},
+                "lowest": {"case": "anatomy_FLARE22_Tr_0045.nii.gz", "organ": "RAG", "dsc": 0.04}}
+
+    monkeypatch.setattr(ev, "scored_set", scored_set)
+    for step in (100, 200):
+        (tmp_path / "run" / "checkpoints" / f"fine.seed1.step{step}").mkdir(parents=True)
+    folders = [str(p) for p in sorted((tmp_path / "run" / "checkpoints").iterdir())]
+    ev.main(["--out", str(tmp_path / "out"), "--checkpoints", *folders, "--anatomy", "3"])
+    assert made == [(tmp_path / "out" / "anatomy", 3)]
+    assert [s[1:] for s in scored] == [("run.fine.seed1.step100",) * 2, ("run.fine.seed1.step200",) * 2]
+    rows = json.loads((tmp_path / "out" / "checkpoints.json").read_text())
+    assert rows[0]["anatomy_mean"] == 0.93 and rows[0]["anatomy_lowest"]["organ"] == "RAG" and rows[0]["anatomy_cases"] == 3
+    table = (tmp_path / "out" / "checkpoints.md").read_text()
+    assert "held-out maps (3): organ mean | lowest organ there |" in table and "| 0.930 | RAG 0.04 (anatomy_FLARE22_Tr_0045) |" in table
+    made.clear(), scored.clear()
+    ev.main(["--out", str(tmp_path / "out"), "--checkpoints", *folders])
+    assert not made and not scored and "held-out" not in (tmp_path / "out" / "checkpoints.md").read_text()
