@@ -230,13 +230,19 @@ def test_gastric_colon_lies_against_the_stomach_only_when_asked(phantom):
     assert (values < -700).mean() > 0.3, (values < -700).mean()  # gas, in pockets at least
 
 
-def test_soft_tissue_clutter_packs_the_fat_near_the_organs_only_when_asked(phantom):
+@pytest.fixture(scope="module")
+def cluttered(phantom):
+    """``_changed_by("clutter", ...)``: the fixture's phantom with the clutter, drawn once for the tests that read it."""
+    return _changed_by("clutter", phantom)
+
+
+def test_soft_tissue_clutter_packs_the_fat_near_the_organs_only_when_asked(phantom, cluttered):
     """``clutter``: soft-tissue parcels over the fat within 30 mm of the organs, none in the 5 mm of
     fat the kidneys and adrenals keep; what lies 5-10 mm outside the organs turns from mostly fat to
     a good part soft tissue (a real scan here: 34-62 % for most organs; the phantoms without: 7-17 %)."""
     from scipy import ndimage
 
-    changed, drawn = _changed_by("clutter", phantom)
+    changed, drawn = cluttered
     cm3 = float(np.prod(phantom.spacing)) / 1000
     from_fat = changed & (phantom.image > -200) & (phantom.image < -30)
     assert from_fat.sum() * cm3 > 20 and from_fat.sum() > 0.95 * changed.sum(), (from_fat.sum() * cm3, changed.sum())
@@ -389,18 +395,16 @@ def test_vessels_skip_what_a_map_lacks():
     assert np.array_equal(cv.image[labels > 0], before[labels > 0])  # no organ painted
 
 
-def test_adrenal_fat_keeps_the_clutter_out_of_the_adrenals_surroundings(phantom):
+def test_adrenal_fat_keeps_the_clutter_out_of_the_adrenals_surroundings(phantom, cluttered):
     """``adrenal_fat`` with ``clutter``: no parcel within 10 mm of an adrenal (the perirenal space),
     where the narrow pad alone lets parcels reach within 4 mm; elsewhere the clutter is the same draw,
     and the labels are the same."""
     from scipy import ndimage
 
-    path = LABEL_MAPS / "FLARE22_Tr_0001.nii.gz"
-    narrow = anatomy_phantom(path, seed=[5, 0], inplane=1.6, thickness=2.5, clutter=1.0)
-    wide = anatomy_phantom(path, seed=[5, 0], inplane=1.6, thickness=2.5, clutter=1.0, adrenal_fat=1.0)
+    wide = anatomy_phantom(LABEL_MAPS / "FLARE22_Tr_0001.nii.gz", seed=[5, 0], inplane=1.6, thickness=2.5, clutter=1.0, adrenal_fat=1.0)
     assert np.array_equal(wide.labels, phantom.labels)
     to_adrenal = ndimage.distance_transform_edt(~np.isin(phantom.labels, (7, 8)), sampling=phantom.spacing)
-    painted = {k: np.abs(ph.image.astype(int) - phantom.image) > 30 for k, ph in (("narrow", narrow), ("wide", wide))}
+    painted = {"narrow": cluttered[0], "wide": np.abs(wide.image.astype(int) - phantom.image) > 30}
     band = (to_adrenal > 6) & (to_adrenal <= 10)  # outside the narrow pad and its 2 mm grid, inside the wide one
     assert painted["narrow"][band].sum() > 200, painted["narrow"][band].sum()
     assert painted["wide"][band].sum() < 0.02 * painted["narrow"][band].sum(), painted["wide"][band].sum()
