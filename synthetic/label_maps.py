@@ -28,7 +28,10 @@ LABEL_MAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "l
 HOLD_OUT = tuple(f"FLARE22_Tr_{i:04d}.nii.gz" for i in (5, 10, 15, 20, 25, 30, 35, 40, 45, 50))
 # The optional parts of ``anatomy_phantom``, each a chance (a training config's phantom keys).
 ANATOMY_OPTIONS = ("arms", "muscles", "bowel", "vessels", "free_hu", "lowres", "crura", "jejunum", "colon", "enlarge", "fatty", "archive", "clutter",
-                   "adrenal_fat")
+                   "adrenal_fat", "adrenal_shift")
+# How far ``adrenal_shift`` moves an adrenal into the fat: the training maps' right adrenal lies a
+# median 2.6-4.6 mm from its nearest organ, a real one may lie 9 mm away (FLARE22_Tr_0045).
+ADRENAL_SHIFT_MM = (4.0, 10.0)
 TISSUE_OF = {1: "liver", 2: "kidney", 3: "spleen", 4: "pancreas", 5: "aorta", 6: "ivc", 7: "adrenal", 8: "adrenal",
              9: "gallbladder", 10: "esophagus", 11: "stomach_wall", 12: "duodenum_wall", 13: "kidney"}
 
@@ -103,6 +106,49 @@ def enlarge_organ(labels: np.ndarray, organ: int, factors: tuple[float, float, f
     return out
 
 
+def move_organ(labels: np.ndarray, organ: int, offset: tuple[int, int, int]) -> np.ndarray:
+    """``labels`` with ``organ`` shifted by ``offset`` voxels into background only: the voxels it leaves
+    become background, no other organ loses a voxel, and any part landing on another organ is dropped."""
+    idx = np.argwhere(labels == organ)
+    if not len(idx):
+        return labels
+    out = labels.copy()
+    out[tuple(idx.T)] = 0
+    moved = idx + np.asarray(offset, int)
+    moved = moved[((moved >= 0) & (moved < labels.shape)).all(1)]
+    moved = moved[out[tuple(moved.T)] == 0]
+    out[tuple(moved.T)] = organ
+    return out
+
+
+def freest_offset(labels: np.ndarray, organ: int, spacing: tuple[float, float, float], mm: float) -> tuple[int, int, int]:
+    """The shift of about ``mm`` (one of the 26 grid directions, in voxels) that leaves ``organ`` furthest
+    from every other organ (the median distance of its moved voxels; one landing on an organ counts 0):
+    the way into the fat around it, as a free-lying adrenal sits in real scans."""
+    from scipy import ndimage
+
+    idx = np.argwhere(labels == organ)
+    if not len(idx):
+        return (0, 0, 0)
+    step = np.asarray(spacing, np.float64)
+    margin = np.ceil((mm + 20.0) / step).astype(int)
+    lo, hi = np.maximum(idx.min(0) - margin, 0), np.minimum(idx.max(0) + margin + 1, labels.shape)
+    box = labels[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    others = (box != 0) & (box != organ)
+    distance = ndimage.distance_transform_edt(~others, sampling=step) if others.any() else np.full(box.shape, np.inf)
+    local, best, best_score = idx - lo, (0, 0, 0), -1.0
+    for direction in np.argwhere(np.ones((3, 3, 3), bool)) - 1:
+        if not direction.any():
+            continue
+        unit = direction * step / np.linalg.norm(direction * step)  # in mm
+        offset = np.round(unit * mm / step).astype(int)
+        moved = np.clip(local + offset, 0, np.array(box.shape) - 1)
+        score = float(np.median(distance[tuple(moved.T)]))
+        if score > best_score:
+            best, best_score = tuple(int(o) for o in offset), score
+    return best  # type: ignore[return-value]
+
+
 def _body_frame(labels: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, float, float]:
     """Where the generator's frame sits on this grid (its origin in mm, z = kidneys' centre, x and y
     from the aorta), and the half-width ``a`` and half-depth ``b`` of a body holding every organ."""
@@ -135,7 +181,8 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
                     lesions: bool = True, deform: bool = True, arms: float = 0.0, muscles: float = 0.0,
                     bowel: float = 0.0, vessels: float = 0.0, free_hu: float = 0.0, lowres: float = 0.0,
                     crura: float = 0.0, jejunum: float = 0.0, colon: float = 0.0, enlarge: float = 0.0,
-                    fatty: float = 0.0, archive: float = 0.0, clutter: float = 0.0, adrenal_fat: float = 0.0) -> Phantom:
+                    fatty: float = 0.0, archive: float = 0.0, clutter: float = 0.0, adrenal_fat: float = 0.0,
+                    adrenal_shift: float = 0.0) -> Phantom:
     """A randomised CT phantom around the real label map at ``path`` (labels: that map, warped).
 
     ``arms``: the chance of arms down beside the trunk (real scans often have them in the field of
@@ -157,7 +204,9 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     ``clutter``: the chance of soft-tissue parcels in the fat near the organs
     (``mimics.soft_tissue_clutter``), as a real abdomen packs bowel, mesentery and muscle around them;
     ``adrenal_fat``: the chance that the clutter leaves the adrenals 10-20 mm (``ADRENAL_FAT_MM``)
-    of clean fat, the perirenal space, instead of the kidneys' narrow pad.
+    of clean fat, the perirenal space, instead of the kidneys' narrow pad;
+    ``adrenal_shift``: the chance, per adrenal, that it is moved ``ADRENAL_SHIFT_MM`` into the fat
+    away from its neighbours (``freest_offset``, ``move_organ``): free-lying, as a real one can be.
     Each is drawn from a stream of its own, so the rest of the phantom does not depend on it.
     """
     rng = np.random.default_rng(seed)
@@ -165,7 +214,7 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
         _own_stream(seed, tag) for tag in (0xA125, 0xBAC4, 0xB0E1, 0x7E55, 0xF4EE, 0x50F7))
     crura_rng, jejunum_rng, colon_rng = _own_stream(seed, 0xC4A0), _own_stream(seed, 0x1E1E), _own_stream(seed, 0xC010)
     enlarge_rng, fatty_rng, archive_rng = _own_stream(seed, 0xE1A6), _own_stream(seed, 0xFA77), _own_stream(seed, 0xA4C1)
-    clutter_rng, adrenal_rng = _own_stream(seed, 0xC1C7), _own_stream(seed, 0xADF7)
+    clutter_rng, adrenal_rng, shift_rng = _own_stream(seed, 0xC1C7), _own_stream(seed, 0xADF7), _own_stream(seed, 0xAD5F)
     labels, spacing = read_label_map(path)
     present = np.flatnonzero(labels.any(axis=(1, 2)))  # slices holding an organ
     pad = int(rng.uniform(10, 60) / spacing[0])  # some scans reach far below the organs: keep the abdomen
@@ -177,6 +226,9 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     if enlarge_rng.random() < enlarge:
         for organ in (3, 1) if enlarge_rng.random() < 1 / 3 else (3,):
             labels = enlarge_organ(labels, organ, tuple(enlarge_rng.uniform(1.05, 1.4, 3)))
+    for adrenal in (7, 8):
+        if shift_rng.random() < adrenal_shift:
+            labels = move_organ(labels, adrenal, freest_offset(labels, adrenal, render, float(shift_rng.uniform(*ADRENAL_SHIFT_MM))))
     origin, a, b = _body_frame(labels, render)
     drawn = Arms.draw(arm_rng) if arm_rng.random() < arms else None
     back = Back.draw(back_rng) if back_rng.random() < muscles else None

@@ -291,6 +291,70 @@ def test_enlarge_grows_the_spleen_of_a_phantom_only_when_asked(phantom):
     assert -50 < np.median(spleen) < 250  # rendered as spleen where it grew
 
 
+def test_move_organ_shifts_it_into_background_only():
+    """The organ moves by the offset; the voxels it leaves are background, a neighbour keeps every
+    voxel (the part that would land on it is dropped), and an absent organ leaves the map as it is."""
+    from synthetic.label_maps import move_organ
+
+    labels = np.zeros((20, 30, 30), np.uint8)
+    labels[5:10, 10:16, 10:16] = 7
+    labels[5:10, 10:16, 18:24] = 6  # a neighbour two voxels to the right
+    moved = move_organ(labels, 7, (0, 1, 4))
+    assert ((moved == 6) == (labels == 6)).all()
+    expected = np.zeros_like(labels, bool)
+    expected[5:10, 11:17, 14:20] = True
+    expected &= labels != 6  # less what would land on the neighbour
+    assert 0 < expected.sum() < (labels == 7).sum()
+    assert ((moved == 7) == expected).all()
+    assert (moved[(labels == 7) & ~expected] == 0).all()
+    assert move_organ(labels, 8, (0, 1, 4)) is labels
+
+
+def test_freest_offset_leads_away_from_the_neighbours():
+    """An adrenal with the liver to its right and the IVC in front goes left and back, about the
+    asked distance, and so lies further from both than before."""
+    from scipy import ndimage
+
+    from synthetic.label_maps import freest_offset, move_organ
+
+    spacing = (2.0, 1.0, 1.0)
+    labels = np.zeros((20, 60, 60), np.uint8)
+    labels[:, :, :25] = 1  # liver, small x
+    labels[:, :25, 25:40] = 6  # IVC in front, small y
+    labels[8:12, 26:32, 26:30] = 7  # the adrenal in the corner between them
+    offset = freest_offset(labels, 7, spacing, 6.0)
+    assert offset[1] > 0 and offset[2] > 0, offset
+    assert 4.0 < np.linalg.norm(np.multiply(offset, spacing)) < 8.0, offset
+
+    def apart(lab: np.ndarray) -> float:
+        others = (lab != 0) & (lab != 7)
+        return float(np.median(ndimage.distance_transform_edt(~others, sampling=spacing)[lab == 7]))
+
+    assert apart(move_organ(labels, 7, offset)) > apart(labels) + 3.0
+    assert freest_offset(labels, 8, spacing, 6.0) == (0, 0, 0)
+
+
+def test_adrenal_shift_frees_the_right_adrenal_of_a_phantom_only_when_asked(phantom):
+    """``adrenal_shift``: the right adrenal, next to the liver and IVC on the map, lies several mm
+    further from any organ, whole; every other organ's voxels and the image away from the adrenals
+    are the phantom drawn without the option."""
+    from scipy import ndimage
+
+    moved = anatomy_phantom(LABEL_MAPS / "FLARE22_Tr_0001.nii.gz", seed=[5, 0], inplane=1.6, thickness=2.5, adrenal_shift=1.0)
+
+    def apart(labels: np.ndarray, organ: int) -> float:
+        others = (labels != 0) & (labels != organ)
+        return float(np.median(ndimage.distance_transform_edt(~others, sampling=phantom.spacing)[labels == organ]))
+
+    assert apart(moved.labels, 7) > apart(phantom.labels, 7) + 4.0
+    assert (moved.labels == 7).sum() == (phantom.labels == 7).sum()
+    kept = ~np.isin(phantom.labels, (0, 7, 8))
+    assert np.array_equal(moved.labels[kept], phantom.labels[kept]) and (np.isin(moved.labels, (7, 8)) <= ~kept).all()
+    adrenals = np.isin(phantom.labels, (7, 8)) | np.isin(moved.labels, (7, 8))
+    far = ndimage.distance_transform_edt(~adrenals, sampling=phantom.spacing) > 20
+    assert np.array_equal(moved.image[far], phantom.image[far])
+
+
 def test_fatty_pancreas_turns_part_of_it_to_fat_only_when_asked(phantom):
     """``fatty``: fat between the pancreas's lobules, inside its outline only, the labels unchanged."""
     changed, drawn = _changed_by("fatty", phantom, over=(4,))
