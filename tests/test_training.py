@@ -498,6 +498,8 @@ def test_lowest_organ_finds_the_one_organ_a_mean_hides():
     cases[3].dsc["LAG"] = float("nan")  # an organ neither mask has
     cases.append(SimpleNamespace(name="broken.nii.gz", error="unreadable", dsc={o: 0.0 for o in ORGANS}))
     assert lowest_organ(cases) == {"case": "c8.nii.gz", "organ": "RAG", "dsc": 0.04}
+    with pytest.raises(ValueError, match=r"broken.nii.gz \(unreadable\)"):
+        lowest_organ(cases[-1:])  # a set where nothing scored says which cases and why
 
 
 def test_checkpoints_with_anatomy_are_scored_on_the_held_out_maps_too(tmp_path, monkeypatch):

@@ -92,8 +92,10 @@ def scored_set(folder: Path, masks: Path, opts: Options) -> dict:
 def lowest_organ(scores) -> dict:
     """The lowest organ DSC of any one case, and where: a whole organ lost on one case hides in a
     mean over ten (runs that lost one held-out map's right adrenal still scored the ten at 0.92)."""
-    case, organ, dsc = min(((s.name, o, s.dsc[o]) for s in scores if not s.error for o in ORGANS
-                            if not np.isnan(s.dsc[o])), key=lambda row: row[2])
+    rows = [(s.name, o, s.dsc[o]) for s in scores if not s.error for o in ORGANS if not np.isnan(s.dsc[o])]
+    if not rows:
+        raise ValueError("no organ of any case could be scored: " + "; ".join(f"{s.name} ({s.error or 'no organ in either mask'})" for s in scores))
+    case, organ, dsc = min(rows, key=lambda row: row[2])
     return {"case": case, "organ": organ, "dsc": float(dsc)}
 
 
