@@ -7,8 +7,9 @@ spine and ribs, lungs above the diaphragm, bowel, table, and on request arms, th
 colon and small bowel between the organs, the unlabelled vessels around them, and look-alikes of
 organs (the diaphragm's crura, collapsed small-bowel loops; ``synthetic.mimics``). The map is first
 warped (patient size, in-plane rotation, smooth elastic deformation) onto a random scanner grid (on
-request with an enlarged spleen or liver), the organs are rendered with randomised Hounsfield values
-and texture (on request a fatty pancreas), and ``synthetic.randomise.scanner`` adds the scanner.
+request with an enlarged spleen or liver, or an adrenal moved into the fat), the organs are
+rendered with randomised Hounsfield values and texture (on request a fatty pancreas), and
+``synthetic.randomise.scanner`` adds the scanner.
 """
 
 from __future__ import annotations
