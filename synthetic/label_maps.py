@@ -141,8 +141,7 @@ def freest_offset(labels: np.ndarray, organ: int, spacing: tuple[float, float, f
     for direction in np.argwhere(np.ones((3, 3, 3), bool)) - 1:
         if not direction.any():
             continue
-        unit = direction * step / np.linalg.norm(direction * step)  # in mm
-        offset = np.round(unit * mm / step).astype(int)
+        offset = np.round(direction * mm / np.linalg.norm(direction * step)).astype(int)  # mm long
         moved = np.clip(local + offset, 0, np.array(box.shape) - 1)
         score = float(np.median(distance[tuple(moved.T)]))
         if score > best_score:
