@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from synthetic.label_maps import HOLD_OUT, LABEL_MAPS, anatomy_phantom, label_map_files, read_label_map
+from training.organ_geometry import clearance_mm
 from synthetic.randomise import (ORGAN_TISSUES, PHASES, TISSUE_HU, archive_copy, free_contrast, scanner, slice_profile, smooth_field,
                                  soften, tissue_values, truncate_field_of_view)
 
@@ -291,14 +292,6 @@ def test_enlarge_grows_the_spleen_of_a_phantom_only_when_asked(phantom):
     assert -50 < np.median(spleen) < 250  # rendered as spleen where it grew
 
 
-def _apart(labels: np.ndarray, organ: int, spacing: tuple[float, float, float]) -> float:
-    """The median distance in mm from ``organ``'s voxels to the nearest other organ."""
-    from scipy import ndimage
-
-    others = (labels != 0) & (labels != organ)
-    return float(np.median(ndimage.distance_transform_edt(~others, sampling=spacing)[labels == organ]))
-
-
 def test_move_organ_shifts_it_into_background_only():
     """The organ moves by the offset; the voxels it leaves are background, a neighbour keeps every
     voxel (the part that would land on it is dropped), and an absent organ leaves the map as it is."""
@@ -331,7 +324,7 @@ def test_freest_offset_leads_away_from_the_neighbours():
     offset = freest_offset(labels, 7, spacing, 6.0)
     assert offset[1] > 0 and offset[2] > 0, offset
     assert 4.0 < np.linalg.norm(np.multiply(offset, spacing)) < 8.0, offset
-    assert _apart(move_organ(labels, 7, offset), 7, spacing) > _apart(labels, 7, spacing) + 3.0
+    assert clearance_mm(move_organ(labels, 7, offset), 7, spacing) > clearance_mm(labels, 7, spacing) + 3.0
     assert freest_offset(labels, 8, spacing, 6.0) == (0, 0, 0)
 
 
@@ -342,7 +335,7 @@ def test_adrenal_shift_frees_the_right_adrenal_of_a_phantom_only_when_asked(phan
     from scipy import ndimage
 
     moved = anatomy_phantom(LABEL_MAPS / "FLARE22_Tr_0001.nii.gz", seed=[5, 0], inplane=1.6, thickness=2.5, adrenal_shift=1.0)
-    assert _apart(moved.labels, 7, phantom.spacing) > _apart(phantom.labels, 7, phantom.spacing) + 4.0
+    assert clearance_mm(moved.labels, 7, phantom.spacing) > clearance_mm(phantom.labels, 7, phantom.spacing) + 4.0
     assert (moved.labels == 7).sum() == (phantom.labels == 7).sum()
     kept = ~np.isin(phantom.labels, (0, 7, 8))
     assert np.array_equal(moved.labels[kept], phantom.labels[kept]) and (np.isin(moved.labels, (7, 8)) <= ~kept).all()
