@@ -29,7 +29,7 @@ LABEL_MAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "l
 HOLD_OUT = tuple(f"FLARE22_Tr_{i:04d}.nii.gz" for i in (5, 10, 15, 20, 25, 30, 35, 40, 45, 50))
 # The optional parts of ``anatomy_phantom``, each a chance (a training config's phantom keys).
 ANATOMY_OPTIONS = ("arms", "muscles", "bowel", "vessels", "free_hu", "lowres", "crura", "jejunum", "colon", "enlarge", "fatty", "archive", "clutter",
-                   "adrenal_fat", "adrenal_shift")
+                   "adrenal_fat", "adrenal_shift", "liver_back")
 # How far ``adrenal_shift`` moves an adrenal into the fat: the training maps' right adrenal lies a
 # median 2.6-4.6 mm from its nearest organ, a real one may lie 9 mm away (FLARE22_Tr_0045).
 ADRENAL_SHIFT_MM = (4.0, 10.0)
@@ -182,7 +182,7 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
                     bowel: float = 0.0, vessels: float = 0.0, free_hu: float = 0.0, lowres: float = 0.0,
                     crura: float = 0.0, jejunum: float = 0.0, colon: float = 0.0, enlarge: float = 0.0,
                     fatty: float = 0.0, archive: float = 0.0, clutter: float = 0.0, adrenal_fat: float = 0.0,
-                    adrenal_shift: float = 0.0) -> Phantom:
+                    adrenal_shift: float = 0.0, liver_back: float = 0.0) -> Phantom:
     """A randomised CT phantom around the real label map at ``path`` (labels: that map, warped).
 
     ``arms``: the chance of arms down beside the trunk (real scans often have them in the field of
@@ -207,6 +207,8 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     of clean fat, the perirenal space, instead of the kidneys' narrow pad;
     ``adrenal_shift``: the chance, per adrenal, that it is moved ``ADRENAL_SHIFT_MM`` into the fat
     away from its neighbours (``freest_offset``, ``move_organ``): free-lying, as a real one can be.
+    ``liver_back``: the chance that the clutter leaves the fat behind the liver, on the patient's right
+    of the aorta, clean (``mimics.behind_the_liver``): where the right adrenal and kidney lie, behind the bowel.
     Each is drawn from a stream of its own, so the rest of the phantom does not depend on it.
     """
     rng = np.random.default_rng(seed)
@@ -215,6 +217,7 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     crura_rng, jejunum_rng, colon_rng = _own_stream(seed, 0xC4A0), _own_stream(seed, 0x1E1E), _own_stream(seed, 0xC010)
     enlarge_rng, fatty_rng, archive_rng = _own_stream(seed, 0xE1A6), _own_stream(seed, 0xFA77), _own_stream(seed, 0xA4C1)
     clutter_rng, adrenal_rng, shift_rng = _own_stream(seed, 0xC1C7), _own_stream(seed, 0xADF7), _own_stream(seed, 0xAD5F)
+    back_fat_rng = _own_stream(seed, 0xBAC7)
     labels, spacing = read_label_map(path)
     present = np.flatnonzero(labels.any(axis=(1, 2)))  # slices holding an organ
     pad = int(rng.uniform(10, 60) / spacing[0])  # some scans reach far below the organs: keep the abdomen
@@ -276,7 +279,7 @@ def anatomy_phantom(path: Path, seed: int | list[int], inplane: float | None = N
     if clutter_rng.random() < clutter:  # after the look-alikes, which take fat only
         wide = adrenal_rng.random() < adrenal_fat
         pad = float(adrenal_rng.uniform(*ADRENAL_FAT_MM)) if wide else FAT_PAD_MM
-        soft_tissue_clutter(cv, labels, clutter_rng, adrenal_pad_mm=pad)
+        soft_tissue_clutter(cv, labels, clutter_rng, adrenal_pad_mm=pad, spare_behind_liver=bool(back_fat_rng.random() < liver_back))
     if vessel_rng.random() < vessels:
         abdominal_vessels(cv, labels, phase, hu["aorta"], vessel_rng)
     if lesions:

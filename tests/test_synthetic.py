@@ -463,3 +463,35 @@ def test_adrenal_fat_keeps_the_clutter_out_of_the_adrenals_surroundings(phantom,
     assert painted["wide"][band].sum() < 0.02 * painted["narrow"][band].sum(), painted["wide"][band].sum()
     far = to_adrenal > 30
     assert (painted["wide"][far] == painted["narrow"][far]).mean() > 0.99  # the same parcels away from the adrenals
+
+
+def test_behind_the_liver_is_the_fat_at_the_livers_back_on_the_patients_right():
+    """Behind a liver voxel of the same column (larger y) and right of the aorta (smaller x): in;
+    in front of the liver, inside it, or left of the aorta: out. No aorta: the IVC sets the side;
+    no liver: nothing."""
+    from synthetic.mimics import behind_the_liver
+
+    labels = np.zeros((4, 20, 20), np.uint8)
+    labels[:, 5:9, 2:16] = 1  # liver across the midline
+    labels[:, 12:15, 12:14] = 5  # aorta, its middle at x = 12.5
+    back = behind_the_liver(labels)
+    assert back[:, 9:, 2:13].all()
+    assert not back[:, :9].any() and not back[:, :, 13:].any() and not back[:, :, :2].any()
+    labels[labels == 5] = 6  # the IVC where the aorta was
+    assert np.array_equal(behind_the_liver(labels), back)
+    assert not behind_the_liver(np.where(labels == 1, 0, labels).astype(np.uint8)).any()
+
+
+def test_liver_back_keeps_the_clutter_out_of_the_fat_behind_the_liver(phantom, cluttered):
+    """``liver_back`` with ``clutter``: no parcel behind the liver on the patient's right, where the
+    clutter alone paints hundreds of voxels; elsewhere the same parcels, the same labels."""
+    from synthetic.mimics import behind_the_liver
+
+    spared = anatomy_phantom(LABEL_MAPS / "FLARE22_Tr_0001.nii.gz", seed=[5, 0], inplane=1.6, thickness=2.5, clutter=1.0, liver_back=1.0)
+    assert np.array_equal(spared.labels, phantom.labels)
+    back = behind_the_liver(phantom.labels)
+    painted = {"clutter": cluttered[0], "spared": np.abs(spared.image.astype(int) - phantom.image) > 30}
+    assert painted["clutter"][back].sum() > 200, painted["clutter"][back].sum()
+    assert painted["spared"][back].sum() < 0.02 * painted["clutter"][back].sum(), painted["spared"][back].sum()
+    away = ~back
+    assert (painted["spared"][away] == painted["clutter"][away]).mean() > 0.99
