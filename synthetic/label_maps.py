@@ -31,7 +31,8 @@ HOLD_OUT = tuple(f"FLARE22_Tr_{i:04d}.nii.gz" for i in (5, 10, 15, 20, 25, 30, 3
 ANATOMY_OPTIONS = ("arms", "muscles", "bowel", "vessels", "free_hu", "lowres", "crura", "jejunum", "colon", "enlarge", "fatty", "archive", "clutter",
                    "adrenal_fat", "adrenal_shift", "liver_back")
 # How far ``adrenal_shift`` moves an adrenal into the fat: the training maps' right adrenal lies a
-# median 2.6-4.6 mm from its nearest organ, a real one may lie 9 mm away (FLARE22_Tr_0045).
+# median 4.0 mm (2.3-6.8) from its nearest organ, a real one may lie 9 mm away (FLARE22_Tr_0045;
+# ``python -m training.organ_geometry``).
 ADRENAL_SHIFT_MM = (4.0, 10.0)
 TISSUE_OF = {1: "liver", 2: "kidney", 3: "spleen", 4: "pancreas", 5: "aorta", 6: "ivc", 7: "adrenal", 8: "adrenal",
              9: "gallbladder", 10: "esophagus", 11: "stomach_wall", 12: "duodenum_wall", 13: "kidney"}
