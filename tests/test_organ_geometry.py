@@ -21,9 +21,9 @@ def test_clearance_is_the_median_distance_in_mm_to_the_nearest_other_organ():
 
 
 def test_thickness_reads_the_thick_part_in_mm_not_a_thin_tip():
-    """A slab 3 voxels thick measures 4 mm at 1 mm (twice the deepest voxel's distance, 2, to the
-    background), 8 mm with 2 mm voxels across it, 12 mm at 7 voxels; a one-voxel strand on its
-    side does not thin it."""
+    """A slab 3 voxels thick measures 4 mm at 1 mm (a third of its voxels lie 2 from the background,
+    the 95th percentile), 8 mm with 2 mm voxels across it; one 7 voxels thick 8 mm (a seventh lie
+    4 deep); a one-voxel strand on its side does not thin it."""
     labels = np.zeros((40, 40, 12), np.uint8)
     labels[2:38, 2:38, 4:7] = 7
     assert thickness_mm(labels, 7, (1.0, 1.0, 1.0)) == 4.0

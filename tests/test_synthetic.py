@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from synthetic.label_maps import HOLD_OUT, LABEL_MAPS, anatomy_phantom, label_map_files, read_label_map
-from training.organ_geometry import clearance_mm
 from synthetic.randomise import (ORGAN_TISSUES, PHASES, TISSUE_HU, archive_copy, free_contrast, scanner, slice_profile, smooth_field,
                                  soften, tissue_values, truncate_field_of_view)
+from training.organ_geometry import clearance_mm
 
 
 def test_the_label_maps_are_there_and_ten_are_held_out():
