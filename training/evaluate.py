@@ -207,14 +207,15 @@ def main(argv: list[str] | None = None) -> None:
                           "(--scales 1.1: one pass at 1.1; how far the weights hold when organs look a tenth larger)")
     args = ap.parse_args(argv)
     scales = tuple(args.scales) if args.scales else TTA_SCALES if args.tta else (1.0,)
+    anatomy = args.anatomy if args.anatomy is not None else 0 if args.checkpoints else 4
     shutil.rmtree(args.out, ignore_errors=True)
     if args.blocked:
         blocked_set(args.out / "blocked", args.seed)
     if args.checkpoints:
-        if args.anatomy:
-            anatomy_set(args.out / "anatomy", args.anatomy, args.seed)
+        if anatomy:
+            anatomy_set(args.out / "anatomy", anatomy, args.seed)
         rows = checkpoint_rows(args.weights / "coarse", args.checkpoints, args.out, args.out / "blocked" if args.blocked else None, scales,
-                               args.out / "anatomy" if args.anatomy else None)
+                               args.out / "anatomy" if anatomy else None)
         (args.out / "checkpoints.json").write_text(json.dumps(rows, indent=1))
         (args.out / "checkpoints.md").write_text(text := checkpoint_markdown(rows))
         print(text, end="")
@@ -223,12 +224,11 @@ def main(argv: list[str] | None = None) -> None:
     opts = Options(weights=args.weights, device="cpu", precision="fp32", timings=args.out / "timings.jsonl",
                    tta_scales=scales)
     result: dict = {"fine_scales": list(scales)}
-    args.anatomy = 4 if args.anatomy is None else args.anatomy
     if args.cases:
         phantom_set(args.out / "phantoms", args.cases, args.seed)
         result["phantoms"] = scored_set(args.out / "phantoms", args.out / "phantom_masks", opts)
-    if args.anatomy:
-        anatomy_set(args.out / "anatomy", args.anatomy, args.seed)
+    if anatomy:
+        anatomy_set(args.out / "anatomy", anatomy, args.seed)
         result["anatomy"] = scored_set(args.out / "anatomy", args.out / "anatomy_masks", opts)
     result["real"] = real = real_scores(args.out / "real_masks", opts)
     if args.blocked:
