@@ -248,8 +248,8 @@ def soft_tissue_clutter(cv: _Canvas, labels: np.ndarray, rng: np.random.Generato
     (held-out map ``FLARE22_Tr_0045``'s, a median 9 mm from any other organ, farther than in any
     training map), with the narrow pad or the wide one (model card, "the clutter recipe measured in
     full"). ``spare_behind_liver`` keeps the parcels out of ``behind_the_liver``, where that adrenal
-    lies; trained with it, a network loses that adrenal all the same, and that map's left adrenal
-    (22 mm from any organ) as well (model card, "none behind the liver").
+    lies; trained with it, a network loses that adrenal all the same, and at most checkpoints that
+    map's left adrenal too (22 mm from any organ; model card, "none behind the liver").
 
     Why: on the real scan with the fullest reference here (``python -m training.domain_gap``),
     34-62 % of the unlabelled body 4.5-9.5 mm outside the liver, spleen, pancreas, aorta, IVC,
