@@ -17,6 +17,7 @@ import argparse
 
 import numpy as np
 
+from app.geometry import bounding_box
 from app.labels import FLARE_LABELS
 from synthetic.label_maps import HOLD_OUT, label_map_files, read_label_map
 
@@ -35,22 +36,15 @@ def clearance_mm(labels: np.ndarray, organ: int, spacing: tuple[float, float, fl
     return float(np.median(ndimage.distance_transform_edt(~others, sampling=spacing)[inside]))
 
 
-def _box(mask: np.ndarray, pad: int = 1) -> np.ndarray:
-    """``mask`` cropped to its bounding box plus ``pad`` voxels of background on every side."""
-    idx = np.argwhere(mask)
-    crop = mask[tuple(slice(a, b + 1) for a, b in zip(idx.min(0), idx.max(0)))]
-    return np.pad(crop, pad)
-
-
 def thickness_mm(labels: np.ndarray, organ: int, spacing: tuple[float, float, float]) -> float:
     """Twice the 95th percentile of the distance in mm from ``organ``'s voxels to its surface: the
     width of its thicker parts, not set by a thin tip (nan where the map lacks ``organ``)."""
     from scipy import ndimage
 
-    inside = labels == organ
-    if not inside.any():
+    box = bounding_box(labels == organ)
+    if box is None:
         return float("nan")
-    crop = _box(inside)
+    crop = np.pad(labels[box.slices] == organ, 1)  # background on every side, so the surface is found
     return float(2.0 * np.percentile(ndimage.distance_transform_edt(crop, sampling=spacing)[crop], 95))
 
 
@@ -85,13 +79,11 @@ def main(argv: list[str] | None = None) -> None:
         rows[path.name] = row = describe(labels, args.organ, spacing)
         kind = "held out" if path.name in HOLD_OUT else "training"
         print(f"{path.name:<26}{kind:<10}{row['clearance_mm']:>14.1f}{row['volume_ml']:>11.2f}{row['thickness_mm']:>14.1f}")
-    for kind, held in (("training", False), ("held out", True)):
-        chosen = [row for name, row in rows.items() if (name in HOLD_OUT) == held]
+    groups = {"training": lambda name: name not in HOLD_OUT, "held out": lambda name: name in HOLD_OUT, "all": lambda name: True}
+    for kind, member in groups.items():
+        chosen = [row for name, row in rows.items() if member(name)]
         for key in ("clearance_mm", "volume_ml", "thickness_mm"):
             print(f"{kind:<10}{key:<14}{summary([row[key] for row in chosen])}")
-    every = list(rows.values())
-    for key in ("clearance_mm", "volume_ml", "thickness_mm"):
-        print(f"{'all':<10}{key:<14}{summary([row[key] for row in every])}")
 
 
 if __name__ == "__main__":
