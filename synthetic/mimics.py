@@ -230,8 +230,11 @@ def behind_the_liver(labels: np.ndarray) -> np.ndarray:
     liver = labels == LIVER
     if not liver.any():
         return np.zeros(labels.shape, bool)
-    midline = next((labels == organ for organ in (AORTA, IVC) if (labels == organ).any()), liver)
-    right = np.arange(labels.shape[2]) < np.median(np.nonzero(midline)[2])  # x grows to the patient's left
+    columns = (np.nonzero(labels == organ)[2] for organ in (AORTA, IVC))
+    midline = next((x for x in columns if x.size), None)
+    if midline is None:
+        midline = np.nonzero(liver)[2]
+    right = np.arange(labels.shape[2]) < np.median(midline)  # x grows to the patient's left
     return np.maximum.accumulate(liver, axis=1) & ~liver & right[None, None, :]
 
 
